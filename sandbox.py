@@ -1,0 +1,627 @@
+#!/usr/bin/env python3
+"""Local emulators of the InSales and Kaktus APIs: real HTTP servers on 127.0.0.1.
+
+One emulator, three users: `sync_stock.py --demo`, the tests and tests/benchmark.py. Both follow
+SPEC.md's "What we know" sections (Basic auth, the bare product array and its keyset walk,
+`per_page` cap, `count.json`, warehouses, the group update with its 100 cap, Content-Type check
+and both answer styles, `API-Usage-Limit` with a fixed-window 429/503 + Retry-After; Kaktus login
+with a real HS256 JWT, expiry answered under HTTP 401 or 200, numbered pages with `recordsTotal`).
+
+Knobs for the tests: `latency`, `inject()` for faults, attributes such as `rate_limit`,
+`expired_status` or `inflate_total`, and `log`, the list of requests served.
+`python sandbox.py` serves a sample shop and prints a matching `.env`.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import bisect
+import hashlib
+import hmac
+import json
+import math
+import os
+import random
+import socket
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, NamedTuple
+from urllib.parse import parse_qs, urlsplit
+
+MSK = timezone(timedelta(hours=3))  # InSales answers times with the shop's offset
+JSON = "application/json; charset=utf-8"
+
+
+class Clock:
+    """Wall time plus an offset that tests and the benchmark move forward."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@dataclass
+class Fault:
+    """An answer to give instead of the real one, to requests whose line contains `match`."""
+
+    match: str                   # a substring of "METHOD /path?query"
+    status: int | None = 500     # None: answer normally (after `run`)
+    body: object = b""           # bytes or str as they are; anything else as JSON
+    headers: dict = field(default_factory=dict)
+    times: int = 1               # how many matching requests get it
+    after: int = 0               # let this many matching requests through first
+    reset: bool = False          # drop the connection without answering
+    hang: float = 0.0            # wait this long first (a read timeout)
+    run: Callable | None = None  # do this first (e.g. expire the tokens)
+
+
+class Request(NamedTuple):
+    method: str
+    path: str
+    query: dict
+    headers: object
+    body: bytes
+
+
+class Emulator:
+    """What both emulators share: the server thread, latency, faults and the request log."""
+
+    name = "emulator"
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.latency = 0.0
+        self.faults: list = []
+        self.log: list = []
+        self.lock = threading.RLock()
+        self.url = ""
+
+    def start(self) -> None:
+        handler = type("Handler", (_Handler,), {"emulator": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def inject(self, match: str, **kwargs) -> Fault:
+        fault = Fault(match, **kwargs)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def take_fault(self, line: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.match in line:
+                    if fault.after > 0:
+                        fault.after -= 1
+                        continue
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.faults.remove(fault)
+                    return fault
+        return None
+
+    def record(self, request: Request, status: int) -> None:
+        with self.lock:
+            self.log.append({"method": request.method, "path": request.path,
+                             "query": request.query, "status": status, "at": self.clock(),
+                             "headers": dict(request.headers)})
+
+    def calls(self, method: str | None = None, path: str | None = None) -> list:
+        """The logged requests with this method and path."""
+        return [e for e in self.log if (method is None or e["method"] == method)
+                and (path is None or e["path"] == path)]
+
+    def handle(self, request: Request) -> tuple:
+        raise NotImplementedError
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
+    emulator: Emulator
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.serve()
+
+    do_POST = do_PUT = do_DELETE = do_GET
+
+    def serve(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        split = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        request = Request(self.command, split.path, query, self.headers, self.rfile.read(length))
+        emulator = self.emulator
+        if emulator.latency:
+            time.sleep(emulator.latency)
+        fault = emulator.take_fault(f"{self.command} {self.path}")
+        if fault and fault.run:
+            fault.run()
+        if fault and fault.hang:
+            time.sleep(fault.hang)
+        if fault and fault.reset:
+            emulator.record(request, 0)
+            self.drop_connection()
+            return
+        if fault and fault.status is not None:
+            headers = {"Content-Type": JSON, **fault.headers}
+            status, body = fault.status, fault.body
+        else:
+            status, headers, body = emulator.handle(request)
+        emulator.record(request, status)
+        self.answer(status, headers, body)
+
+    def answer(self, status: int, headers: dict, body) -> None:
+        if not isinstance(body, (bytes, str)):
+            body = json.dumps(body, ensure_ascii=False)
+        payload = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def drop_connection(self) -> None:
+        """Close with a TCP reset, as a crashed proxy does."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+    def finish(self):
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+# --- InSales ----------------------------------------------------------------------------------
+
+def insales_time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, MSK).isoformat(timespec="milliseconds")
+
+
+class InSales(Emulator):
+    """The InSales admin API of one shop."""
+
+    name = "insales"
+
+    def __init__(self, clock: Clock, key: str = "sandbox-app", password: str = "sandbox-secret"):
+        super().__init__(clock)
+        self.key, self.password = key, password
+        self.products: dict = {}        # id -> product, exactly as served
+        self.updated_ms: dict = {}      # id -> updated_at in milliseconds
+        self.variant_product: dict = {}  # variant id -> product id
+        self.warehouses = [{"id": 11, "title": "Основной склад", "array_index": 0},
+                           {"id": 12, "title": "Kaktus", "array_index": 1}]
+        self.rate_limit, self.rate_window, self.rate_status = 500, 300.0, 429
+        self.window_start, self.used = 0.0, 0
+        self.group_answer = "statuses"  # or "empty": the update was queued
+        self._ids = iter(range(100_001, 10**9))
+        self._order: list | None = None  # sorted (updated_ms, id), rebuilt after changes
+
+    # building the shop
+
+    def add_product(self, title: str, variants: list, **extra) -> dict:
+        """Add a product; each variant dict may set barcode, quantity, title, warehouse stock."""
+        with self.lock:
+            product_id = next(self._ids)
+            now = self.clock()
+            product = {
+                "id": product_id, "title": title, "category_id": 7, "is_hidden": False,
+                "available": True, "archived": False, "unit": "pce", "sort_weight": None,
+                "permalink": f"product-{product_id}", "html_title": None,
+                "short_description": f"<p>{title}: a fine thing from the sandbox shop.</p>",
+                "description": f"<p>{title}. Cotton 100%. Machine wash at 30°C. "
+                               "Made for the sandbox; ships from the Kaktus warehouse.</p>",
+                "created_at": insales_time(int(now * 1000)), "updated_at": "",
+                "variants": [], **extra}
+            for number, spec in enumerate(variants, start=1):
+                variant_id = next(self._ids)
+                quantity = spec.get("quantity", 0)
+                product["variants"].append({
+                    "id": variant_id, "product_id": product_id,
+                    "title": spec.get("title", f"size {number}"),
+                    "sku": spec.get("sku", f"SKU-{variant_id}"),
+                    "barcode": spec.get("barcode"),
+                    "quantity": quantity,
+                    "quantity_at_warehouse0": spec.get("warehouse0", f"{quantity or 0}.0"),
+                    "quantity_at_warehouse1": spec.get("warehouse1", "0.0"),
+                    "price": "1990.0", "old_price": "2490.0", "cost_price": "800.0",
+                    "price_in_site_currency": "1990.0", "weight": "0.35", "available": True,
+                    "image_id": None, "option_values": [{"id": number, "title": str(number)}],
+                    "created_at": product["created_at"], "updated_at": product["created_at"]})
+                self.variant_product[variant_id] = product_id
+            self.products[product_id] = product
+            self.touch(product_id)
+            return product
+
+    def touch(self, product_id: int) -> None:
+        """Move a product's updated_at to now, as any change of it or its variants does."""
+        ms = int(self.clock() * 1000)
+        self.updated_ms[product_id] = ms
+        self.products[product_id]["updated_at"] = insales_time(ms)
+        self._order = None
+
+    def variant(self, variant_id: int) -> dict:
+        product = self.products[self.variant_product[variant_id]]
+        return next(v for v in product["variants"] if v["id"] == variant_id)
+
+    def set_variant(self, variant_id: int, **fields) -> None:
+        """Change a variant as a shop manager would (its product's updated_at moves)."""
+        with self.lock:
+            self.variant(variant_id).update(fields)
+            self.touch(self.variant_product[variant_id])
+
+    def delete_product(self, product_id: int) -> None:
+        with self.lock:
+            for variant in self.products.pop(product_id)["variants"]:
+                del self.variant_product[variant["id"]]
+            del self.updated_ms[product_id]
+            self._order = None
+
+    def all_variants(self) -> list:
+        return [v for p in self.products.values() for v in p["variants"]]
+
+    # serving
+
+    def handle(self, request: Request) -> tuple:
+        with self.lock:
+            limited = self._count_request()
+            usage = {"API-Usage-Limit": f"{self.used}/{self.rate_limit}"}
+            if limited:
+                return self.rate_status, {**usage, "Retry-After": str(limited)}, b""
+            if not self._authorized(request.headers.get("Authorization", "")):
+                return 401, {**usage, "Content-Type": JSON}, {"error": "Unauthorized"}
+            route = {("GET", "/admin/products.json"): self._products,
+                     ("GET", "/admin/products/count.json"): self._count,
+                     ("GET", "/admin/warehouses.json"): self._warehouses,
+                     ("PUT", "/admin/products/variants_group_update.json"): self._group_update,
+                     }.get((request.method, request.path))
+            if route is None:
+                return 404, {**usage, "Content-Type": "text/html"}, "<html>Not Found</html>"
+            status, body = route(request)
+            return status, {**usage, "Content-Type": JSON}, body
+
+    def _count_request(self) -> int:
+        """Count a request in the fixed window; return the Retry-After seconds when over."""
+        now = self.clock()
+        if now - self.window_start >= self.rate_window:
+            self.window_start, self.used = now, 0
+        if self.used >= self.rate_limit:
+            return max(1, math.ceil(self.window_start + self.rate_window - now))
+        self.used += 1
+        return 0
+
+    def _authorized(self, header: str) -> bool:
+        expected = base64.b64encode(f"{self.key}:{self.password}".encode()).decode()
+        return hmac.compare_digest(header, f"Basic {expected}")
+
+    def _products(self, request: Request) -> tuple:
+        query = request.query
+        try:
+            per_page = min(250, max(10, int(query.get("per_page", 100))))
+            page = max(1, int(query.get("page", 1)))
+            from_id = int(query["from_id"]) if query.get("from_id") else None
+            since = query.get("updated_since")
+            since_ms = round(datetime.fromisoformat(since).timestamp() * 1000) if since else None
+        except ValueError:
+            return 400, {"errors": ["invalid parameters"]}
+        if since_ms is None:  # from_id alone is ignored: a page-numbered walk by id
+            ids = sorted(self.products)
+        else:
+            if self._order is None:
+                self._order = sorted((ms, pid) for pid, ms in self.updated_ms.items())
+            # From the anchor on, the anchor itself excluded; without from_id, from the time on.
+            start = bisect.bisect_right(self._order, (since_ms, from_id if from_id else -1))
+            ids = [pid for _, pid in self._order[start:]]
+        chosen = ids[(page - 1) * per_page: page * per_page]
+        return 200, [self.products[pid] for pid in chosen]
+
+    def _count(self, request: Request) -> tuple:
+        return 200, {"count": len(self.products)}
+
+    def _warehouses(self, request: Request) -> tuple:
+        return 200, self.warehouses
+
+    def _group_update(self, request: Request) -> tuple:
+        if not request.headers.get("Content-Type", "").startswith("application/json"):
+            return 422, {"errors": {"base": ["Content-Type must be application/json"]}}
+        try:
+            variants = json.loads(request.body)["variants"]
+        except (ValueError, KeyError, TypeError):
+            return 400, {"errors": ["malformed JSON"]}
+        if not isinstance(variants, list) or len(variants) > 100:
+            return 422, {"errors": {"variants": ["at most 100 variants a call"]}}
+        answer = []
+        for item in variants:
+            ok = isinstance(item, dict) and item.get("id") in self.variant_product
+            fields = {k: v for k, v in item.items() if k != "id"} if ok else {}
+            ok = ok and fields and all(self._valid_field(k, v) for k, v in fields.items())
+            if ok:
+                variant = self.variant(item["id"])
+                for key, value in fields.items():
+                    variant[key] = value if key == "quantity" else f"{value}.0"
+                self.touch(variant["product_id"])
+            answer.append({"id": item.get("id") if isinstance(item, dict) else None,
+                           "status": "ok" if ok else "error"})
+        return 200, answer if self.group_answer == "statuses" else []
+
+    def _valid_field(self, key: str, value) -> bool:
+        indexes = {f"quantity_at_warehouse{w['array_index']}" for w in self.warehouses}
+        return (key == "quantity" or key in indexes) and isinstance(value, int) \
+            and not isinstance(value, bool)
+
+
+# --- Kaktus -----------------------------------------------------------------------------------
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Kaktus(Emulator):
+    """The Kaktus "lite" API of one fulfillment account."""
+
+    name = "kak2c"
+
+    def __init__(self, clock: Clock, login: str = "sandbox@kak2c.example",
+                 password: str = "sandbox-kaktus-pass"):
+        super().__init__(clock)
+        self.login, self.password = login, password
+        self.products: list = []
+        self.page_size = 100
+        self.token_ttl = 14400
+        self.expired_status = 401       # the expiry answer's HTTP status is undocumented: or 200
+        self.inflate_total = 0          # claim more products than there are
+        self.repeat_first_page = False  # answer page 0 whatever page is asked
+        self.generation = 0             # tokens of an older generation have expired
+        self.secret = os.urandom(16)
+
+    def add_product(self, product: dict) -> dict:
+        with self.lock:
+            self.products.append(product)
+        return product
+
+    def expire_tokens(self) -> None:
+        """Make every token issued so far expired, as time passing beyond their exp would."""
+        with self.lock:
+            self.generation += 1
+
+    def issue_token(self, ttl: float | None = None) -> str:
+        now = self.clock()
+        claims = {"sub": self.login, "iat": int(now), "exp": int(now + (ttl or self.token_ttl)),
+                  "gen": self.generation}
+        head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        body = _b64(json.dumps(claims).encode())
+        signature = hmac.new(self.secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+        return f"{head}.{body}.{_b64(signature)}"
+
+    def handle(self, request: Request) -> tuple:
+        if request.method == "POST" and request.path == "/api/lite/auth":
+            return self._auth(request)
+        if request.method == "GET" and request.path == "/api/lite/products":
+            return self._products(request)
+        return self._error(404, "Not found")
+
+    def _error(self, status: int, message: str, code: int | None = None) -> tuple:
+        body = {"errors": [{"code": code or status, "message": message}], "success": False}
+        return status, {"Content-Type": JSON}, body
+
+    def _auth(self, request: Request) -> tuple:
+        if not request.headers.get("Content-Type", "").startswith("application/json"):
+            return self._error(400, "Content-Type must be application/json")
+        try:
+            credentials = json.loads(request.body)
+        except ValueError:
+            return self._error(400, "Malformed JSON")
+        if not (isinstance(credentials, dict) and credentials.get("login") == self.login
+                and credentials.get("password") == self.password):
+            return self._error(401, "Invalid login or password")
+        return 200, {"Content-Type": JSON}, {
+            "access_token": self.issue_token(), "token_type": "bearer",
+            "expires_in": self.token_ttl, "success": True}
+
+    def _token_problem(self, header: str) -> tuple | None:
+        """Check the bearer JWT: None when valid, else the error answer."""
+        try:
+            head, body, signature = header.removeprefix("Bearer ").split(".")
+            expected = hmac.new(self.secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+            if not hmac.compare_digest(_b64(expected), signature):
+                raise ValueError
+            claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except ValueError:
+            return self._error(401, "Unauthorized")
+        if claims["exp"] <= self.clock() or claims.get("gen") != self.generation:
+            expired = datetime.fromtimestamp(claims["exp"], timezone.utc).isoformat()
+            return self._error(self.expired_status, f"JWT expired at {expired}", code=401)
+        return None
+
+    def _products(self, request: Request) -> tuple:
+        problem = self._token_problem(request.headers.get("Authorization", ""))
+        if problem:
+            return problem
+        try:
+            page = int(request.query.get("page", 0))
+        except ValueError:
+            return self._error(400, "page must be a number")
+        if page < 0:
+            return self._error(400, "page must be a number")
+        if self.repeat_first_page:
+            page = 0
+        with self.lock:
+            chosen = self.products[page * self.page_size:(page + 1) * self.page_size]
+            total = len(self.products) + self.inflate_total
+        return 200, {"Content-Type": JSON}, {"products": chosen, "recordsTotal": total,
+                                             "success": True}
+
+    def variants(self) -> list:
+        """Every variant record, in both catalogue shapes."""
+        return [v for p in self.products
+                for v in (p["variants"] if isinstance(p.get("variants"), list) else [p])]
+
+
+# --- both, and a sample shop ------------------------------------------------------------------
+
+class Sandbox:
+    """Both emulators on one clock: `with Sandbox() as box: ... box.env(folder)`."""
+
+    def __init__(self):
+        self.clock = Clock()
+        self.insales = InSales(self.clock)
+        self.kak2c = Kaktus(self.clock)
+
+    def __enter__(self) -> Sandbox:
+        self.insales.start()
+        self.kak2c.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.insales.stop()
+        self.kak2c.stop()
+
+    @classmethod
+    def sample(cls, **options) -> Sandbox:
+        box = cls()
+        fill_sample(box, **options)
+        return box
+
+    def advance(self, seconds: float) -> None:
+        self.clock.offset += seconds
+
+    def env(self, folder) -> dict:
+        """Settings for sync_stock that point at this sandbox, with files in `folder`."""
+        folder = Path(folder)
+        return {
+            "INSALES_URL": self.insales.url, "INSALES_API_KEY": self.insales.key,
+            "INSALES_API_PASSWORD": self.insales.password, "KAK2C_URL": self.kak2c.url,
+            "KAK2C_LOGIN": self.kak2c.login, "KAK2C_PASSWORD": self.kak2c.password,
+            "KAK2C_TOKEN_FILE": str(folder / "kak2c_token"),
+            "SYNC_LOCK_FILE": str(folder / "sync_stock.lock"),
+            "SYNC_STATE_FILE": str(folder / "sync_state.json"),
+        }
+
+
+def ean13(number: int) -> str:
+    """A valid EAN-13 in the 460 (Russia) range."""
+    digits = f"460{number % 10**9:09d}"
+    check = (10 - sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(digits)) % 10) % 10
+    return digits + str(check)
+
+
+NAMES = ("T-shirt", "Hoodie", "Jeans", "Sneakers", "Cap", "Dress", "Jacket", "Socks")
+SIZES = ("XS", "S", "M", "L", "XL", "XXL")
+BARCODE_SHAPES = (
+    lambda code: {"barcode": code},
+    lambda code: {"barcodes": [code]},
+    lambda code: {"barcodes": [{"barcode": code}]},
+    lambda code: {"barcodes": [{"value": code, "type": "EAN13"}]},
+    lambda code: {"barcodes": [{"code": code}]},
+)
+
+
+def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
+                quirks: bool = True, differ: float = 0.3) -> None:
+    """Fill both sides with one shop: matching barcodes, some stock differing.
+
+    With quirks (the default), every third product is "one variant = one product" in Kaktus,
+    barcodes come in every shape, and the catalogue holds each case the sync must handle: a
+    padded GTIN, whitespace, a variant without barcode, duplicates on both sides, barcodes
+    known to one side only, unknown and negative stock, quantities as strings.
+    """
+    rng = random.Random(seed)
+    kaktus_ids = iter(range(5001, 10**9))
+    for p in range(products):
+        title = f"{NAMES[p % len(NAMES)]} #{p + 1}"
+        flat = quirks and p % 3 == 2
+        shop_variants, kaktus_variants = [], []
+        for s in range(sizes):
+            n = p * sizes + s
+            code = ean13(seed * 10**6 + n)
+            stock = rng.randint(0, 25)
+            shop_qty = stock + rng.randint(1, 5) if rng.random() < differ else stock
+            entries = [{"warehouse": "MSK", "stockTotal": stock}]
+            kaktus_code = code
+            if quirks:
+                if n % 4 == 1:  # two warehouses, summed; figures as strings and floats
+                    entries = [{"warehouse": "MSK", "stockTotal": str(stock - stock // 2)},
+                               {"warehouse": "SPB", "stockTotal": float(stock // 2)}]
+                kaktus_code = "0" + code if n % 7 == 3 else code  # GTIN-14 for an EAN-13
+            shop_variants.append({"title": SIZES[s % len(SIZES)], "barcode": code,
+                                  "quantity": shop_qty})
+            kaktus_variants.append({"id": next(kaktus_ids), "article": f"A{n:06d}",
+                                    **BARCODE_SHAPES[n % len(BARCODE_SHAPES) if quirks else 0](
+                                        kaktus_code),
+                                    "stock": entries})
+        if quirks:
+            _add_quirks(p, shop_variants, kaktus_variants)
+        box.insales.add_product(title, shop_variants)
+        if flat:
+            for variant in kaktus_variants:
+                box.kak2c.add_product({**variant, "name": f"{title} {variant['article']}"})
+        else:
+            box.kak2c.add_product({"id": next(kaktus_ids), "name": title,
+                                   "variants": kaktus_variants})
+    if quirks and products > 6:
+        duplicate = list(box.insales.products.values())[3]["variants"][0]["barcode"]
+        box.kak2c.add_product({"id": next(kaktus_ids), "name": "Duplicate in Kaktus",
+                               "barcode": duplicate, "stock": [{"stockTotal": 1}]})
+        box.kak2c.add_product({"id": next(kaktus_ids), "name": "Only in Kaktus",
+                               "barcode": ean13(999_999), "stock": [{"stockTotal": 4}]})
+
+
+def _add_quirks(p: int, shop: list, kaktus: list) -> None:
+    """Give product p of the sample one of the cases the sync must handle."""
+    case = p % 7
+    if case == 0:
+        shop[0]["barcode"] = f"  {shop[0]['barcode']} "        # whitespace around
+    elif case == 1:
+        shop[-1]["barcode"] = None                            # no barcode: never touched
+    elif case == 2 and len(shop) > 1:
+        shop[1]["barcode"] = shop[0]["barcode"]               # duplicate in InSales
+    elif case == 4:
+        kaktus[-1].pop("stock")                               # unknown stock: never 0
+    elif case == 5:
+        shop[-1]["barcode"] = ean13(900_000 + p)              # only in InSales
+    elif case == 6:
+        kaktus[0]["stock"] = [{"stockTotal": -2}]             # negative: 0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the sandbox InSales and Kaktus APIs.")
+    parser.add_argument("--products", type=int, default=30)
+    parser.add_argument("--sizes", type=int, default=3)
+    parser.add_argument("--plain", action="store_true", help="no quirks: a big, clean catalogue")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
+    parser.add_argument("--rate-limit", type=int, default=500)
+    args = parser.parse_args(argv)
+    with Sandbox.sample(products=args.products, sizes=args.sizes, quirks=not args.plain) as box:
+        box.insales.latency = box.kak2c.latency = args.latency
+        box.insales.rate_limit = args.rate_limit
+        folder = tempfile.mkdtemp(prefix="sync_stock_sandbox_")
+        print(json.dumps(box.env(folder)), flush=True)
+        print("# .env for sync_stock.py (Ctrl-C stops the sandbox):", flush=True)
+        for key, value in box.env(folder).items():
+            print(f"{key}={value}", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
