@@ -88,7 +88,7 @@ class Emulator:
         handler = type("Handler", (_Handler,), {"emulator": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def stop(self) -> None:
@@ -118,7 +118,7 @@ class Emulator:
         with self.lock:
             self.log.append({"method": request.method, "path": request.path,
                              "query": request.query, "status": status, "at": self.clock(),
-                             "headers": dict(request.headers)})
+                             "headers": dict(request.headers), "body": request.body})
 
     def calls(self, method: str | None = None, path: str | None = None) -> list:
         """The logged requests with this method and path."""

@@ -1,0 +1,96 @@
+"""Fixtures: a fresh sandbox per test, and `run` to call sync_stock.main() against it."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sandbox  # noqa: E402
+import sync_stock  # noqa: E402
+
+SETTINGS = (
+    "INSALES_URL", "INSALES_API_KEY", "INSALES_API_PASSWORD", "INSALES_WAREHOUSE", "KAK2C_URL",
+    "KAK2C_CREDENTIALS_FILE", "KAK2C_LOGIN", "KAK2C_PASSWORD", "KAK2C_TOKEN_FILE",
+    "KAK2C_STOCK_FIELD", "SYNC_LOCK_FILE", "SYNC_MODE", "SYNC_FULL_EVERY", "SYNC_STATE_FILE",
+    "SYNC_MAX_WAIT", "SYNC_TIMEOUT", "SYNC_GUARD_ZERO_SHARE", "LOG_FILE", "HEALTHCHECK_URL",
+)
+
+
+class Result(NamedTuple):
+    code: int
+    summary: dict | None
+    out: str
+    err: str
+
+
+@pytest.fixture
+def box():
+    with sandbox.Sandbox() as box:
+        yield box
+
+
+@pytest.fixture
+def env(box, tmp_path, monkeypatch):
+    """Point every setting at the sandbox, with files in tmp_path; return the settings dict."""
+    for key in SETTINGS:
+        monkeypatch.delenv(key, raising=False)
+    settings = box.env(tmp_path)
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    return settings
+
+
+@pytest.fixture
+def run(env, tmp_path, monkeypatch, capsys):
+    """Run sync_stock.main(--json ...) in-process; extra settings as keyword arguments."""
+    env_file = tmp_path / "test.env"
+    env_file.write_text("")
+
+    def run(*args, **settings) -> Result:
+        for key, value in settings.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, str(value))
+        code = sync_stock.main(["--env-file", str(env_file), "--json", *args])
+        captured = capsys.readouterr()
+        lines = captured.out.strip().splitlines()
+        summary = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
+        return Result(code, summary, captured.out, captured.err)
+
+    return run
+
+
+def add_pair(box, barcode, shop_qty, stock, shape="variants", **shop_fields) -> int:
+    """Add one InSales variant and its Kaktus twin; return the InSales variant id."""
+    product = box.insales.add_product(f"Product {barcode}", [
+        {"barcode": barcode, "quantity": shop_qty, **shop_fields}])
+    record = {"id": len(box.kak2c.products) + 1, "barcode": barcode,
+              "stock": [{"stockTotal": stock}] if stock is not None else None}
+    if record["stock"] is None:
+        del record["stock"]
+    if shape == "variants":
+        box.kak2c.add_product({"id": 90000 + record["id"], "name": "P", "variants": [record]})
+    else:
+        box.kak2c.add_product(record)
+    return product["variants"][0]["id"]
+
+
+def shop_quantities(box, field="quantity") -> dict:
+    """InSales stock by barcode, as the shop now holds it."""
+    return {v["barcode"]: v[field] for v in box.insales.all_variants() if v["barcode"]}
+
+
+def kaktus_quantities(box) -> dict:
+    """Kaktus stock by barcode for a plain catalogue (one barcode, one stock entry)."""
+    return {v["barcode"]: v["stock"][0]["stockTotal"] for v in box.kak2c.variants()}
+
+
+def writes(box) -> list:
+    return box.insales.calls("PUT", "/admin/products/variants_group_update.json")

@@ -1,0 +1,242 @@
+"""Whole runs through main() against the sandbox over real HTTP: the core sync of SPEC.md."""
+import json
+import os
+import stat
+
+import pytest
+from conftest import add_pair, kaktus_quantities, shop_quantities, writes
+
+import sandbox
+
+SUMMARY_KEYS = {
+    "status", "insales_variants", "insales_with_barcode", "insales_duplicate_barcodes",
+    "kak2c_variants", "kak2c_duplicate_barcodes", "matched", "changed", "updated", "failed",
+    "unmatched_insales", "unmatched_kak2c", "requests", "duration_s"}
+
+
+def test_full_sync_over_several_pages_makes_insales_equal_kaktus(box, run):
+    """Walks 3 InSales and 6 Kaktus pages, writes only what differs, and converges."""
+    sandbox.fill_sample(box, products=600, sizes=2, quirks=False, differ=0.2)
+    before = shop_quantities(box)
+    expected = kaktus_quantities(box)
+    changed = sum(before[b] != expected[b] for b in expected)
+    result = run()
+    assert result.code == 0
+    assert shop_quantities(box) == expected
+    summary = result.summary
+    assert summary.keys() >= SUMMARY_KEYS
+    assert summary["status"] == "ok"
+    assert (summary["matched"], summary["changed"], summary["updated"]) == (1200, changed, changed)
+    assert summary["requests"] == {"insales": 3 + -(-changed // 100), "kak2c": 1 + 6}
+    walk = box.insales.calls("GET", "/admin/products.json")
+    assert [c["query"]["per_page"] for c in walk] == ["250"] * 3
+    assert all("updated_since" in c["query"] and "from_id" in c["query"] for c in walk)
+    assert sorted(int(c["query"]["page"]) for c in box.kak2c.calls("GET")) == list(range(6))
+
+
+def test_second_run_writes_nothing_and_reuses_the_token(box, run):
+    """A run after a sync writes nothing and logs in to Kaktus no more."""
+    sandbox.fill_sample(box, products=20, quirks=False, differ=0.5)
+    assert run().code == 0
+    again = run()
+    assert again.code == 0
+    assert (again.summary["changed"], again.summary["updated"]) == (0, 0)
+    assert len(writes(box)) == 1
+    assert len(box.kak2c.calls("POST", "/api/lite/auth")) == 1
+
+
+def test_both_kaktus_shapes_and_every_barcode_shape_are_matched(box, run):
+    """Syncs variants listed under products and products that are one variant."""
+    shapes = [{"barcode": "4600000000017"}, {"barcodes": ["4600000000024"]},
+              {"barcodes": [{"barcode": "4600000000031"}]}, {"barcodes": [{"value": "X-4"}]},
+              {"barcodes": [{"code": " X-5 "}]}]
+    ids = []
+    for n, shape in enumerate(shapes):
+        code = next(iter(shape.values()))
+        code = code if isinstance(code, str) else next(iter(code[0].values())) \
+            if isinstance(code[0], dict) else code[0]
+        product = box.insales.add_product(f"P{n}", [{"barcode": code.strip(), "quantity": 0}])
+        ids.append(product["variants"][0]["id"])
+        record = {"id": n, **shape, "stock": [{"stockTotal": n + 1}]}
+        box.kak2c.add_product(record if n % 2 else {"id": 100 + n, "variants": [record]})
+    result = run()
+    assert result.code == 0
+    assert [box.insales.variant(i)["quantity"] for i in ids] == [1, 2, 3, 4, 5]
+
+
+def test_padded_gtin_matches_its_ean13(box, run):
+    """An EAN-13 in InSales matches the same GTIN-14 with a leading zero in Kaktus."""
+    variant_id = add_pair(box, "4600000000017", 1, 5)
+    box.kak2c.products[0]["variants"][0]["barcode"] = "04600000000017"
+    assert run().code == 0
+    assert box.insales.variant(variant_id)["quantity"] == 5
+
+
+def test_duplicates_and_variants_without_barcode_are_never_written(box, run):
+    """Skips barcodes held twice on either side and variants with no barcode."""
+    box.insales.add_product("dup", [{"barcode": "D1", "quantity": 1},
+                                    {"barcode": "D1", "quantity": 1},
+                                    {"barcode": None, "quantity": 1},
+                                    {"barcode": "  ", "quantity": 1}])
+    box.kak2c.add_product({"id": 1, "barcode": "D1", "stock": [{"stockTotal": 9}]})
+    add_pair(box, "K1", 1, 9)
+    box.kak2c.add_product({"id": 2, "barcode": "K1", "stock": [{"stockTotal": 8}]})
+    result = run()
+    assert result.code == 0
+    assert writes(box) == []
+    assert all(v["quantity"] == 1 for v in box.insales.all_variants())
+    assert result.summary["insales_duplicate_barcodes"] == 1
+    assert result.summary["kak2c_duplicate_barcodes"] == 1
+    assert result.summary["insales_with_barcode"] == 3
+
+
+def test_unknown_kaktus_stock_is_never_written_as_zero(box, run):
+    """A Kaktus variant with no readable stock leaves the InSales quantity alone."""
+    variant_id = add_pair(box, "U1", 7, None)
+    result = run()
+    assert box.insales.variant(variant_id)["quantity"] == 7
+    assert result.summary["unknown_stock"] == 1
+    assert writes(box) == []
+
+
+def test_warehouse_setting_writes_quantity_at_warehouse(box, run):
+    """With INSALES_WAREHOUSE=1, reads and writes quantity_at_warehouse1 and not quantity."""
+    first = add_pair(box, "W1", 3, 5, warehouse1="2.0")
+    second = add_pair(box, "W2", 3, 4, warehouse1="4.0")
+    result = run(INSALES_WAREHOUSE=1)
+    assert result.code == 0
+    assert box.insales.variant(first)["quantity_at_warehouse1"] == "5.0"
+    assert box.insales.variant(first)["quantity"] == 3
+    [call] = writes(box)
+    assert json.loads(call["body"]) == {"variants": [{"id": first, "quantity_at_warehouse1": 5}]}
+    assert result.summary["updated"] == 1
+    assert box.insales.variant(second)["quantity_at_warehouse1"] == "4.0"
+
+
+def test_writes_go_100_variants_a_call_as_json(box, run):
+    """Batches 250 changes into 3 calls of at most 100, each with Content-Type JSON."""
+    for n in range(250):
+        add_pair(box, f"B{n:04d}", 0, 1)
+    result = run()
+    assert result.summary["updated"] == 250
+    calls = writes(box)
+    assert len(calls) == 3
+    assert all(c["headers"]["Content-Type"] == "application/json" for c in calls)
+    assert all(v["quantity"] == 1 for v in box.insales.all_variants())
+
+
+def test_queued_group_update_answer_counts_as_written(box, run):
+    """An empty [] answer (update queued) is a success: per-item statuses are optional."""
+    box.insales.group_answer = "empty"
+    add_pair(box, "Q1", 0, 3)
+    result = run()
+    assert (result.code, result.summary["updated"], result.summary["failed"]) == (0, 1, 0)
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(box, run):
+    """--dry-run shows barcode, variant, title and old -> new, and sends no write."""
+    variant_id = add_pair(box, "DRY1", 2, 6)
+    result = run("--dry-run")
+    assert result.code == 0
+    assert result.summary["status"] == "dry-run"
+    assert writes(box) == []
+    line = next(line for line in result.err.splitlines() if "DRY1" in line)
+    assert str(variant_id) in line and "Product DRY1" in line and "2 -> 6" in line
+
+
+def test_token_is_cached_privately_and_reused_across_runs(box, run, env):
+    """Writes the token cache with mode 0600 and logs in once for several runs."""
+    add_pair(box, "T1", 0, 1)
+    run()
+    run()
+    mode = stat.S_IMODE(os.stat(env["KAK2C_TOKEN_FILE"]).st_mode)
+    assert mode == 0o600
+    assert len(box.kak2c.calls("POST", "/api/lite/auth")) == 1
+
+
+def test_credentials_file_is_posted_as_is(box, run, tmp_path):
+    """Logs in with the credentials file's JSON body, unchanged, as application/json."""
+    add_pair(box, "C1", 0, 1)
+    body = json.dumps({"password": box.kak2c.password, "login": box.kak2c.login}, indent=1)
+    (tmp_path / "creds").write_text(body)
+    result = run(KAK2C_LOGIN=None, KAK2C_PASSWORD=None, KAK2C_CREDENTIALS_FILE=tmp_path / "creds")
+    assert result.code == 0
+    [login] = box.kak2c.calls("POST", "/api/lite/auth")
+    assert login["body"] == body.encode()
+    assert login["headers"]["Content-Type"] == "application/json"
+    assert box.insales.variant(box.insales.all_variants()[0]["id"])["quantity"] == 1
+
+
+def test_missing_setting_is_a_config_error_before_any_request(box, run):
+    """Exits 2 naming the missing setting, and sends nothing to either API."""
+    result = run(INSALES_URL=None)
+    assert result.code == 2
+    assert "INSALES_URL" in result.err
+    assert box.insales.log == [] and box.kak2c.log == []
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("name, value", [
+    ("INSALES_WAREHOUSE", "main"), ("SYNC_GUARD_ZERO_SHARE", "1.5"), ("SYNC_MODE", "sometimes"),
+    ("INSALES_URL", "myshop.ru"), ("INSALES_URL", "https://app:secret@myshop.ru"),
+    ("SYNC_MAX_WAIT", "-1"), ("SYNC_FULL_EVERY", "0"), ("KAK2C_PASSWORD", None)])
+def test_malformed_settings_are_named(box, run, name, value):
+    """Exits 2 with one line naming the malformed setting, before any request."""
+    result = run(**{name: value})
+    assert result.code == 2
+    assert name in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert box.insales.log == [] and box.kak2c.log == []
+
+
+@pytest.mark.parametrize("content", [None, "not json", '["login", "password"]'])
+def test_unreadable_credentials_file_is_a_config_error(box, run, tmp_path, content):
+    """A missing or malformed credentials file exits 2 naming KAK2C_CREDENTIALS_FILE."""
+    path = tmp_path / "kak2c_info"
+    if content is not None:
+        path.write_text(content)
+    result = run(KAK2C_LOGIN=None, KAK2C_PASSWORD=None, KAK2C_CREDENTIALS_FILE=path)
+    assert result.code == 2
+    assert "KAK2C_CREDENTIALS_FILE" in result.err
+    assert box.kak2c.log == []
+
+
+def test_env_file_is_read_and_the_environment_wins(box, env, tmp_path, monkeypatch, capsys):
+    """Reads settings from --env-file; a variable set in the environment overrides it."""
+    import sync_stock
+
+    add_pair(box, "E1", 0, 2)
+    lines = [f"{k}={v}" for k, v in env.items()] + ["SYNC_MODE=bogus"]
+    (tmp_path / "shop.env").write_text("\n".join(lines))
+    for key in env:
+        monkeypatch.delenv(key)
+    assert sync_stock.main(["--env-file", str(tmp_path / "shop.env")]) == 2
+    monkeypatch.setenv("SYNC_MODE", "full")
+    assert sync_stock.main(["--env-file", str(tmp_path / "shop.env")]) == 0
+    assert box.insales.all_variants()[0]["quantity"] == 2
+    assert sync_stock.main(["--env-file", str(tmp_path / "nope.env")]) == 2
+    assert "nope.env" in capsys.readouterr().err
+
+
+def test_rejected_kaktus_login_exits_3_and_writes_nothing(box, run):
+    """A wrong Kaktus password ends with exit 3, a clear line, and no write."""
+    add_pair(box, "L1", 0, 1)
+    result = run(KAK2C_PASSWORD="wrong")
+    assert result.code == 3
+    assert result.summary["status"] == "failed"
+    assert "Kaktus rejected the credentials" in result.err
+    assert writes(box) == []
+
+
+def test_a_run_holding_the_lock_makes_the_next_skip(box, run, env):
+    """While another process holds the lock, a run makes no request and exits 0 as skipped."""
+    import fcntl
+
+    add_pair(box, "K1", 0, 1)
+    with open(env["SYNC_LOCK_FILE"], "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = run()
+    assert (result.code, result.summary["status"]) == (0, "skipped")
+    assert box.insales.log == [] and box.kak2c.log == []
+    assert "skipped" in result.err
+    assert run().summary["status"] == "ok"
