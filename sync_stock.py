@@ -907,7 +907,7 @@ def apply_plan(api: Api, updates: list, quantity_field: str) -> tuple:
             rest = [r.variant.id for r in updates[start:]]
             log.error("%s; not written: %d variants (ids %s)", exc, len(rest), _ids(rest))
             return written, failed + rest, str(exc)
-        rejected = rejected_ids(response, ids)
+        rejected = sorted(rejected_ids(response, ids))
         if rejected:
             log.error("InSales rejected %d of %d variants (HTTP %s%s): ids %s", len(rejected),
                       len(ids), response.status_code, _error_detail(response), _ids(rejected))
