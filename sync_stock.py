@@ -691,7 +691,9 @@ def fetch_insales_catalogue(api: Api, settings: Settings, state: Catalogue | Non
     by_product: dict = {}
     for variant in catalogue.variants.values():
         by_product.setdefault(variant.product_id, []).append(variant.id)
-    for page, catalogue.cursor in walk_insales(api, since, from_id, progress):
+    for page, cursor in walk_insales(api, since, from_id, progress):
+        if page:  # an empty page leaves the cursor where the last product was
+            catalogue.cursor = cursor
         for product in page:
             variants = read_insales_product(product, settings.quantity_field)
             if variants is None:

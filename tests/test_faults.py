@@ -6,9 +6,9 @@ import sys
 import threading
 
 import pytest
-from conftest import ROOT, add_pair, kaktus_quantities, shop_quantities, writes
 
 import sandbox
+from conftest import ROOT, add_pair, kaktus_quantities, shop_quantities, writes
 
 EXPIRED = {"errors": [{"code": 401, "message": "JWT expired at 2026-11-28T10:00:00Z"}],
            "success": False}

@@ -4,9 +4,9 @@ import os
 import stat
 
 import pytest
-from conftest import add_pair, kaktus_quantities, shop_quantities, writes
 
 import sandbox
+from conftest import add_pair, kaktus_quantities, shop_quantities, writes
 
 SUMMARY_KEYS = {
     "status", "insales_variants", "insales_with_barcode", "insales_duplicate_barcodes",

@@ -1,0 +1,119 @@
+"""Incremental mode: read only what changed since the last walk, with a full walk now and then."""
+import json
+from pathlib import Path
+
+import sandbox
+from conftest import add_pair, kaktus_quantities, shop_quantities, writes
+
+
+def products_reads(box):
+    return box.insales.calls("GET", "/admin/products.json")
+
+
+def test_incremental_run_reads_only_what_changed(box, run, env):
+    """After a full walk, a quiet minute costs one InSales read and no write."""
+    sandbox.fill_sample(box, products=300, sizes=2, quirks=False, differ=0)
+    box.advance(600)  # the catalogue was made in one burst; a shop's last changes are few
+    for variant in box.insales.all_variants()[:5]:
+        box.insales.set_variant(variant["id"], sku="changed")
+    first = run(SYNC_MODE="incremental")
+    assert (first.code, first.summary["mode"]) == (0, "full")
+    assert len(products_reads(box)) == 2
+    box.advance(60)
+    second = run(SYNC_MODE="incremental")
+    assert (second.code, second.summary["mode"]) == (0, "incremental")
+    assert len(products_reads(box)) == 3
+    assert second.summary["requests"]["insales"] == 1
+    assert second.summary["insales_variants"] == 600  # the summary covers the whole catalogue
+    assert second.summary["changed"] == 0
+    cursor = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())["cursor"]
+    assert products_reads(box)[-1]["query"]["updated_since"] < cursor[0]
+
+
+def test_kaktus_changes_are_written_from_the_state(box, run):
+    """A Kaktus stock change is planned against the stored quantities and written."""
+    sandbox.fill_sample(box, products=300, sizes=1, quirks=False)
+    run(SYNC_MODE="incremental")
+    box.advance(60)
+    variant = box.kak2c.products[123]["variants"][0]
+    variant["stock"] = [{"stockTotal": 777}]
+    result = run(SYNC_MODE="incremental")
+    assert (result.code, result.summary["mode"], result.summary["updated"]) == (0, "incremental", 1)
+    assert shop_quantities(box)[variant["barcode"]] == 777
+    assert shop_quantities(box) == kaktus_quantities(box)
+
+
+def test_changes_made_in_insales_are_seen_and_corrected(box, run):
+    """A quantity changed by hand in InSales moves its product's updated_at and is set back."""
+    sandbox.fill_sample(box, products=300, sizes=1, quirks=False)
+    run(SYNC_MODE="incremental")
+    box.advance(60)
+    variant = box.insales.all_variants()[42]
+    box.insales.set_variant(variant["id"], quantity=variant["quantity"] + 5)
+    box.advance(60)
+    result = run(SYNC_MODE="incremental")
+    assert (result.summary["mode"], result.summary["updated"]) == ("incremental", 1)
+    assert shop_quantities(box) == kaktus_quantities(box)
+
+
+def test_full_walk_every_full_every_minutes_drops_deleted_products(box, run, env):
+    """Once SYNC_FULL_EVERY minutes have passed, a full walk forgets deleted products."""
+    sandbox.fill_sample(box, products=300, sizes=1, quirks=False)
+    run(SYNC_MODE="incremental")
+    box.insales.delete_product(next(iter(box.insales.products)))
+    box.advance(60)
+    assert run(SYNC_MODE="incremental").summary["insales_variants"] == 300
+    path = env["SYNC_STATE_FILE"]
+    state = json.loads(Path(path).read_text())
+    state["full_walk_at"] -= 61 * 60
+    with open(path, "w") as out:
+        json.dump(state, out)
+    result = run(SYNC_MODE="incremental", SYNC_FULL_EVERY=60)
+    assert (result.summary["mode"], result.summary["insales_variants"]) == ("full", 299)
+
+
+def test_missing_corrupt_or_foreign_state_means_a_full_walk(box, run, env):
+    """A state that is unreadable or belongs to another shop is not trusted."""
+    add_pair(box, "S1", 0, 1)
+    path = env["SYNC_STATE_FILE"]
+    for content in ("{broken", json.dumps({"shop": "https://other.example#quantity",
+                                          "variants": [], "cursor": ["x", 0],
+                                          "full_walk_at": 0, "products": 0})):
+        with open(path, "w") as out:
+            out.write(content)
+        result = run(SYNC_MODE="incremental")
+        assert (result.code, result.summary["mode"]) == (0, "full")
+    assert shop_quantities(box) == {"S1": 1}
+
+
+def test_dry_run_refused_and_failed_runs_change_no_state(box, run, env):
+    """Only a run that wrote (or had nothing to write) updates the state file."""
+    sandbox.fill_sample(box, products=30, sizes=1, quirks=False)
+    run(SYNC_MODE="incremental")
+    before = Path(env["SYNC_STATE_FILE"]).read_text()
+    writes_before = len(writes(box))
+    box.advance(60)
+    box.kak2c.products[0]["variants"][0]["stock"] = [{"stockTotal": 99}]
+    assert run("--dry-run", SYNC_MODE="incremental").summary["changed"] == 1
+    box.kak2c.inject("GET /api", status=500, times=50)
+    assert run(SYNC_MODE="incremental").code == 3
+    assert Path(env["SYNC_STATE_FILE"]).read_text() == before
+    assert len(writes(box)) == writes_before
+
+
+def test_written_quantities_are_recorded_in_the_state(box, run, env):
+    """After a write, the state holds the quantity InSales accepted."""
+    variant_id = add_pair(box, "W1", 0, 6)
+    run(SYNC_MODE="incremental")
+    state = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())
+    assert [row[3] for row in state["variants"] if row[0] == variant_id] == [6]
+
+
+def test_auto_mode_keeps_small_shops_on_full_walks_without_state(box, run, env):
+    """SYNC_MODE=auto walks a small shop whole every run and keeps no state."""
+    import os
+
+    sandbox.fill_sample(box, products=30, quirks=False)
+    assert run().summary["mode"] == "full"
+    assert run().summary["mode"] == "full"
+    assert not os.path.exists(env["SYNC_STATE_FILE"])
