@@ -382,6 +382,8 @@ class Api:
                 problem, wait = exc.__class__.__name__, BACKOFF * 2 ** (attempt - 1)
             else:
                 problem, wait = self._judge(response, where, attempt)
+                log.debug("%s %s: HTTP %s in %.2f s", where, kwargs.get("params") or "",
+                          response.status_code, response.elapsed.total_seconds())
                 if problem is None:
                     return response
             if attempt < ATTEMPTS:

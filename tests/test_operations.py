@@ -1,0 +1,181 @@
+"""What the operator sees: report, log file, health pings, progress, --check, --demo."""
+import csv
+import os
+import pty
+import re
+import subprocess
+import sys
+
+import sandbox
+import sync_stock
+from conftest import ROOT, add_pair, writes
+
+ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
+
+
+class Monitor(sandbox.Emulator):
+    """A healthchecks.io-style endpoint that records its pings."""
+
+    def handle(self, request):
+        return 200, {"Content-Type": "text/plain"}, "OK"
+
+
+def monitor():
+    endpoint = Monitor(sandbox.Clock())
+    endpoint.start()
+    return endpoint
+
+
+def test_report_has_a_row_per_barcode_with_action_and_reason(box, run, tmp_path):
+    """The CSV says, for every barcode seen on either side, what was done and why."""
+    updated = add_pair(box, "R-UPDATE", 1, 2)
+    add_pair(box, "R-SAME", 3, 3)
+    add_pair(box, "R-UNKNOWN", 3, None)
+    box.insales.add_product("dups", [{"barcode": "R-DUP-IS", "quantity": 1},
+                                     {"barcode": "R-DUP-IS", "quantity": 1},
+                                     {"barcode": "R-ONLY-IS", "quantity": 1}])
+    for n in (1, 2):
+        box.kak2c.add_product({"id": 50 + n, "barcode": "R-DUP-KK", "stock": [{"stockTotal": n}]})
+    box.kak2c.add_product({"id": 60, "barcode": "R-ONLY-KK", "stock": [{"stockTotal": 1}]})
+    report = tmp_path / "report.csv"
+    assert run("--report", str(report)).code == 0
+    with open(report, newline="", encoding="utf-8") as source:
+        rows = list(csv.DictReader(source))
+    assert list(rows[0]) == ["barcode", "insales_variant_id", "title", "insales_qty",
+                             "kak2c_qty", "action", "reason"]
+    found = {(r["barcode"], r["action"], r["reason"]) for r in rows}
+    assert found == {
+        ("R-UPDATE", "update", "stock differs"), ("R-SAME", "unchanged", "same stock"),
+        ("R-UNKNOWN", "skip", "unknown stock"), ("R-DUP-IS", "skip", "duplicate in InSales"),
+        ("R-ONLY-IS", "skip", "not in Kaktus"), ("R-DUP-KK", "skip", "duplicate in Kaktus"),
+        ("R-ONLY-KK", "skip", "not in InSales")}
+    assert len(rows) == 8
+    row = next(r for r in rows if r["barcode"] == "R-UPDATE")
+    assert (row["insales_variant_id"], row["insales_qty"], row["kak2c_qty"]) == (
+        str(updated), "1", "2")
+
+
+def test_report_marks_what_the_guard_held_back(box, run, tmp_path):
+    """When the guard refuses, the planned updates appear as skipped for the guard."""
+    for n in range(12):
+        add_pair(box, f"G{n:02d}", 5, 0)
+    report = tmp_path / "report.csv"
+    assert run("--report", str(report)).code == 4
+    with open(report, newline="", encoding="utf-8") as source:
+        rows = list(csv.DictReader(source))
+    assert {(r["action"], r["reason"]) for r in rows} == {("skip", "guard")}
+
+
+def test_log_file_has_iso_timestamps_and_the_summary_line(box, run, tmp_path):
+    """LOG_FILE gets the summary at INFO with ISO 8601 times; details only with -v."""
+    add_pair(box, "LOG1", 0, 1)
+    log_file = tmp_path / "logs" / "sync.log"
+    result = run(LOG_FILE=log_file)
+    lines = log_file.read_text().splitlines()
+    assert lines and all(ISO_LINE.match(line) for line in lines)
+    summary = [line for line in lines if "status=ok" in line]
+    assert len(summary) == 1
+    for key in ("matched=1", "changed=1", "updated=1", "failed=0", "requests.insales=2"):
+        assert key in summary[0]
+    assert result.summary["updated"] == 1
+    assert not any(" DEBUG " in line for line in lines)
+    run("-v", LOG_FILE=log_file)
+    assert any(" DEBUG " in line for line in log_file.read_text().splitlines())
+
+
+def test_health_pings_follow_the_outcome(box, run):
+    """Pings /start then the URL on success, /start then /fail on failure and on refusal."""
+    endpoint = monitor()
+    try:
+        add_pair(box, "H1", 0, 1)
+        assert run(HEALTHCHECK_URL=endpoint.url + "/uuid").code == 0
+        box.kak2c.inject("GET /api", status=500, times=50)
+        assert run(HEALTHCHECK_URL=endpoint.url + "/uuid").code == 3
+        assert [c["path"] for c in endpoint.log] == ["/uuid/start", "/uuid",
+                                                     "/uuid/start", "/uuid/fail"]
+    finally:
+        endpoint.stop()
+
+
+def test_a_dead_monitor_never_fails_the_sync(box, run):
+    """An unreachable HEALTHCHECK_URL is logged and the sync still succeeds."""
+    endpoint = monitor()
+    endpoint.stop()
+    add_pair(box, "H2", 0, 1)
+    result = run(HEALTHCHECK_URL=endpoint.url)
+    assert (result.code, result.summary["updated"]) == (0, 1)
+    assert "healthcheck ping" in result.err
+
+
+def test_dry_run_table_is_sorted_and_capped_with_a_pointer_to_the_report(box, run):
+    """Shows at most 50 rows, sorted by title, then says how many more and where to look."""
+    for n in range(60):
+        add_pair(box, f"C{n:03d}", 0, 1)
+    result = run("--dry-run")
+    lines = result.err.splitlines()
+    table = [line for line in lines if line.startswith("C0")]
+    assert len(table) == 50
+    assert table == sorted(table)
+    assert "... and 10 more" in result.err and "--report" in result.err
+    assert "60 changes planned of 60 matched variants" in result.err
+
+
+def test_progress_shows_on_a_terminal_and_never_under_cron(box, env, tmp_path, run):
+    """Pages read are shown on stderr when it is a TTY, and not when it is a pipe or file."""
+    sandbox.fill_sample(box, products=300, sizes=1, quirks=False)
+    assert "pages" not in run().err
+    main, follower = pty.openpty()
+    (tmp_path / "empty.env").write_text("")
+    child = subprocess.run(
+        [sys.executable, str(ROOT / "sync_stock.py"), "--env-file", str(tmp_path / "empty.env")],
+        env={**os.environ, **env}, stderr=follower, stdout=subprocess.DEVNULL, timeout=60)
+    os.close(follower)
+    shown = os.read(main, 65536).decode()
+    os.close(main)
+    assert child.returncode == 0
+    assert "InSales: 2 pages" in shown and "Kaktus: 3/3 pages" in shown
+
+
+def test_check_reports_what_it_found_and_writes_nothing(box, run):
+    """--check prints counts, warehouses with array_index, and the Kaktus keys; no write."""
+    sandbox.fill_sample(box, products=12)
+    result = run("--check")
+    assert result.code == 0
+    assert writes(box) == []
+    assert "12 products" in result.out
+    assert "'Kaktus': array_index=1" in result.out
+    assert "recordsTotal=" in result.out
+    assert "barcodes" in result.out and "stockTotal" in result.out
+    assert box.insales.calls("GET", "/admin/warehouses.json")
+
+
+def test_check_with_bad_credentials_exits_3(box, run):
+    """--check exits 3 when an API refuses us."""
+    result = run("--check", INSALES_API_PASSWORD="wrong")
+    assert result.code == 3
+    assert "HTTP 401" in result.err
+
+
+def test_demo_runs_without_any_account_or_env(tmp_path):
+    """--demo runs a dry run and a real sync against the bundled sandbox and exits 0."""
+    child = subprocess.run([sys.executable, str(ROOT / "sync_stock.py"), "--demo"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           env={"PATH": os.environ["PATH"]})
+    assert child.returncode == 0, child.stderr
+    assert "status=dry-run" in child.stdout and "status=ok" in child.stdout
+    assert "changes planned" in child.stdout
+    assert "0 changes planned" in child.stdout  # the third run: nothing left to do
+
+
+def test_version_and_help(capsys):
+    """--version prints the version; --help lists every option of SPEC.md."""
+    for flag in ("--version", "--help"):
+        try:
+            sync_stock.main([flag])
+        except SystemExit as done:
+            assert done.code == 0
+    out = capsys.readouterr().out
+    assert sync_stock.__version__ in out
+    for option in ("--dry-run", "--env-file", "--json", "--report", "--force", "--check",
+                   "--demo", "-v", "-q"):
+        assert option in out
