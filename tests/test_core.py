@@ -111,7 +111,7 @@ def test_plan_skips_duplicates_unknown_stock_and_unmatched():
                 variant(4, "D", 2), variant(5, "E", 2), variant(6, None, 2)]
     plan = plan_updates(variants, index)
     assert plan.updates == []
-    reasons = {(r.barcode, r.variant.id if r.variant else None): r.reason for r in plan.rows}
+    reasons = {(r.barcode, r.variant.id if r.variant else None): r.reason for r in plan.rows()}
     assert reasons == {
         ("A", 1): "duplicate in InSales", ("A", 2): "duplicate in InSales",
         ("C", 3): "unknown stock", ("D", 4): "duplicate in Kaktus", ("E", 5): "not in Kaktus",

@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Measure sync_stock against the sandbox: requests, writes, wall time, CPU and memory.
+
+Not a test: it prints one table and asserts nothing about seconds. `--quick` (CI) uses small
+catalogues so that it never rots; without it, the figures in README.md's Performance section.
+
+Scenarios:
+- latency: 150 ms added to every request. The lower bound is the critical path of the reads
+  at the concurrency we chose, plus the writes: max(InSales pages x L, Kaktus critical path)
+  + write calls x L. InSales' keyset walk is sequential by design (each page starts where the
+  last ended: that is what keeps it consistent while the shop changes); Kaktus pages are
+  numbered, so once page 0 gives recordsTotal the rest go 4 at a time: 1 + ceil((pages-1)/4).
+- naive: the original design on the same catalogue: page-numbered reads, one after another,
+  and every matched variant written in one call, every run.
+- scale: 25,000 products x 4 variants on each side, no latency; the client's CPU time against
+  json.loads alone on the same response bodies, and its peak RSS.
+- budget: 30 simulated minutes (the sandbox clock moves 60 s a run, and so does the state's
+  age) of a 100,000-variant shop in incremental mode, with Kaktus stock moving every minute;
+  the share of InSales' 500 requests / 5 minutes used in the busiest 5-minute window.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sandbox  # noqa: E402
+import sync_stock  # noqa: E402
+
+LATENCY = 0.150
+
+
+def run_client(env: dict, *args: str) -> dict:
+    """Run sync_stock.py in a child process; return its summary with its CPU and peak RSS."""
+    empty = Path(env["SYNC_LOCK_FILE"]).with_name("empty.env")
+    empty.write_text("")
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "sync_stock.py"), "--env-file", str(empty), "--json", "-q",
+         *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = []
+    reader = threading.Thread(target=lambda: out.append(child.stdout.read()))
+    reader.start()
+    _, status, usage = os.wait4(child.pid, 0)
+    reader.join()
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode not in (0, 1):
+        raise SystemExit(f"sync_stock exited {child.returncode}: {child.stderr.read().decode()}")
+    summary = json.loads(out[0].decode().strip().splitlines()[-1])
+    summary["cpu_s"] = usage.ru_utime + usage.ru_stime
+    summary["rss_mb"] = usage.ru_maxrss / 1024
+    return summary
+
+
+def run_in_process(env: dict, *args: str) -> float:
+    """Run main() here (the sandbox is another process); return the CPU seconds it used."""
+    folder = Path(env["SYNC_LOCK_FILE"]).parent
+    (folder / "empty.env").write_text("")
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        with contextlib.redirect_stdout(io.StringIO()):
+            sync_stock.main(["--env-file", str(folder / "empty.env"), "-q", *args])
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def row(name, summary, writes, bound=None, note=""):
+    wall = summary["duration_s"]
+    return {"scenario": name, "insales": summary["requests"]["insales"],
+            "kak2c": summary["requests"]["kak2c"], "writes": writes, "wall": wall,
+            "bound": bound, "ratio": wall / bound if bound else None,
+            "cpu": summary.get("cpu_s"), "rss": summary.get("rss_mb"), "note": note}
+
+
+def scenario_latency(products: int, sizes: int, folder: str) -> tuple:
+    """Our run and the naive one on the same catalogue, 150 ms a request."""
+    with sandbox.Sandbox.sample(products=products, sizes=sizes, quirks=False, differ=0.1) as box:
+        env = {**box.env(folder), "SYNC_MODE": "full"}
+        run_client(env, "--dry-run")  # log in once: a cron run finds a cached token
+        box.insales.latency = box.kak2c.latency = LATENCY
+        box.insales.log.clear()
+        box.kak2c.log.clear()
+        ours = run_client(env)
+        write_calls = len(box.insales.calls("PUT"))
+        insales_pages = len(box.insales.calls("GET"))
+        kak2c_pages = len(box.kak2c.calls("GET"))
+        critical = max(insales_pages, 1 + math.ceil((kak2c_pages - 1) / sync_stock.KAK2C_THREADS))
+        bound = (critical + write_calls) * LATENCY
+        mine = row("latency 150 ms", ours, f"{write_calls} ({ours['updated']} variants)", bound,
+                   f"{products * sizes} variants")
+        for variant in box.insales.all_variants()[::10]:  # undo some, so both runs have work
+            variant["quantity"] += 1
+        naive = run_naive(box)
+    return mine, naive
+
+
+def run_naive(box) -> dict:
+    """The original design: page-numbered reads, every matched variant in one write call."""
+    started = time.monotonic()
+    auth = (box.insales.key, box.insales.password)
+    counts = {"insales": 0, "kak2c": 0}
+    variants, page = [], 1
+    while True:
+        counts["insales"] += 1
+        chunk = requests.get(f"{box.insales.url}/admin/products.json", auth=auth, timeout=60,
+                             params={"page": page, "per_page": 250}).json()
+        variants += [v for p in chunk for v in sync_stock.read_insales_product(p, "quantity")]
+        if len(chunk) < 250:
+            break
+        page += 1
+    counts["kak2c"] += 1
+    token = requests.post(f"{box.kak2c.url}/api/lite/auth", timeout=60, json={
+        "login": box.kak2c.login, "password": box.kak2c.password}).json()["access_token"]
+    pages, number = [], 0
+    while True:
+        counts["kak2c"] += 1
+        body = requests.get(f"{box.kak2c.url}/api/lite/products", params={"page": number},
+                            headers={"Authorization": f"Bearer {token}"}, timeout=60).json()
+        pages.append(body["products"])
+        if not body["products"] or sum(map(len, pages)) >= body["recordsTotal"]:
+            break
+        number += 1
+    index = sync_stock.index_kak2c(pages, "stockTotal")
+    matched = [{"id": v.id, "quantity": index.quantities[v.barcode]} for v in variants
+               if index.quantities.get(v.barcode) is not None]
+    counts["insales"] += 1
+    answer = requests.put(f"{box.insales.url}/admin/products/variants_group_update.json",
+                          json={"variants": matched}, auth=auth, timeout=60)
+    summary = {"requests": counts, "duration_s": time.monotonic() - started}
+    return row("naive, same shop", summary, f"1 ({len(matched)} variants)",
+               note=f"one call: HTTP {answer.status_code} (the 100-variant cap)")
+
+
+def scenario_scale(products: int, sizes: int, folder: str) -> dict:
+    """A big catalogue without latency: client CPU against json.loads alone, and peak RSS."""
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "sandbox.py"), "--products", str(products),
+         "--sizes", str(sizes), "--plain", "--rate-limit", "100000"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        env = json.loads(server.stdout.readline())
+        env.update(KAK2C_TOKEN_FILE=f"{folder}/scale_token", SYNC_LOCK_FILE=f"{folder}/scale.lock",
+                   SYNC_MODE="full")
+        ours = run_client(env, "--dry-run")  # a child of its own, for its peak RSS
+        cpu = run_in_process(env, "--dry-run")  # here, for CPU without interpreter start-up
+        bodies = fetch_bodies(env)
+        started = time.process_time()
+        for body in bodies:
+            json.loads(body)
+        loads = time.process_time() - started
+    finally:
+        server.terminate()
+        server.wait()
+    ours["cpu_s"] = cpu
+    note = (f"{products * sizes} variants, {sum(map(len, bodies)) / 1e6:.0f} MB of JSON; "
+            f"json.loads alone {loads:.2f} s CPU, the run {cpu:.2f} s: {cpu / loads:.2f}x")
+    return row("scale, no latency", ours, "0 (dry run)", note=note)
+
+
+def fetch_bodies(env: dict) -> list:
+    """The raw response bodies a full run reads, fetched once more."""
+    auth = (env["INSALES_API_KEY"], env["INSALES_API_PASSWORD"])
+    bodies, since, from_id = [], sync_stock.WALK_START, 0
+    while True:
+        body = requests.get(f"{env['INSALES_URL']}/admin/products.json", auth=auth, timeout=60,
+                            params={"updated_since": since, "from_id": from_id,
+                                    "per_page": 250}).content
+        bodies.append(body)
+        page = json.loads(body)
+        if len(page) < 250:
+            break
+        since, from_id = page[-1]["updated_at"], page[-1]["id"]
+    token = requests.post(f"{env['KAK2C_URL']}/api/lite/auth", timeout=60, json={
+        "login": env["KAK2C_LOGIN"], "password": env["KAK2C_PASSWORD"]}).json()["access_token"]
+    number, held = 0, 0
+    while True:
+        body = requests.get(f"{env['KAK2C_URL']}/api/lite/products", params={"page": number},
+                            headers={"Authorization": f"Bearer {token}"}, timeout=60).content
+        bodies.append(body)
+        answer = json.loads(body)
+        held += len(answer["products"])
+        if not answer["products"] or held >= answer["recordsTotal"]:
+            return bodies
+        number += 1
+
+
+def scenario_budget(products: int, sizes: int, folder: str, runs: int = 30) -> dict:
+    """Simulated minutes of incremental runs; InSales requests in the busiest 5 minutes."""
+    with sandbox.Sandbox.sample(products=products, sizes=sizes, quirks=False, differ=0.1) as box:
+        box.advance(3600)  # the catalogue was built long ago; changes from now on are few
+        env = {**box.env(folder), "SYNC_MODE": "incremental",
+               "SYNC_STATE_FILE": f"{folder}/budget_state.json"}
+        state = Path(env["SYNC_STATE_FILE"])
+        kaktus = box.kak2c.variants()
+        totals, wall = {"insales": 0, "kak2c": 0, "writes": 0}, 0.0
+        for minute in range(runs):
+            for variant in kaktus[minute * 97 % len(kaktus):][:200]:  # 200 stock moves a minute
+                variant["stock"][0]["stockTotal"] += 1
+            summary = run_client(env)
+            totals["insales"] += summary["requests"]["insales"]
+            totals["kak2c"] += summary["requests"]["kak2c"]
+            totals["writes"] += summary["updated"]
+            wall += summary["duration_s"]
+            box.advance(60)
+            saved = json.loads(state.read_text())
+            saved["full_walk_at"] -= 60  # the state ages one simulated minute too
+            state.write_text(json.dumps(saved))
+        times = sorted(c["at"] for c in box.insales.log)
+        busiest = max(sum(1 for t in times if start <= t < start + 300) for start in times)
+        limited = sum(c["status"] == 429 for c in box.insales.log)
+    summary = {"requests": {"insales": totals["insales"], "kak2c": totals["kak2c"]},
+               "duration_s": wall}
+    note = (f"{runs} runs, {products * sizes} variants: busiest 5 min = {busiest}/500 "
+            f"({busiest / 5:.0f}% of the budget), {limited} x 429")
+    return row(f"budget, {runs} min", summary, f"{totals['writes']} variants", note=note)
+
+
+def print_table(rows: list) -> None:
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    header = ("scenario", "InSales req", "Kaktus req", "writes", "wall s", "bound s", "ratio",
+              "CPU s", "peak RSS MB")
+    lines = [header] + [
+        (r["scenario"], str(r["insales"]), str(r["kak2c"]), r["writes"], fmt(r["wall"], ".2f"),
+         fmt(r["bound"], ".2f"), fmt(r["ratio"], ".2f"), fmt(r["cpu"], ".2f"), fmt(r["rss"], ".0f"))
+        for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+    for r in rows:
+        if r["note"]:
+            print(f"- {r['scenario']}: {r['note']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small catalogues (CI smoke run)")
+    args = parser.parse_args()
+    big = (2_500, 4) if args.quick else (25_000, 4)
+    with tempfile.TemporaryDirectory() as folder:
+        mine, naive = scenario_latency(*((300, 2) if args.quick else (2_500, 4)), folder)
+        rows = [mine, naive, scenario_scale(*big, folder),
+                scenario_budget(*big, folder, runs=5 if args.quick else 30)]
+    print_table(rows)
+    ours, theirs = rows[0], rows[1]
+    print(f"- ours vs naive: requests {(ours['insales'] + ours['kak2c']):d} vs "
+          f"{(theirs['insales'] + theirs['kak2c']):d}, wall {ours['wall'] / theirs['wall']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
