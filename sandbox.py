@@ -550,13 +550,14 @@ BARCODE_SHAPES = (
 
 
 def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
-                quirks: bool = True, differ: float = 0.3) -> None:
+                quirks: bool = True, differ: float = 0.3, spread: float = 0.0) -> None:
     """Fill both sides with one shop: matching barcodes, some stock differing.
 
     With quirks (the default), every third product is "one variant = one product" in Kaktus,
     barcodes come in every shape, and the catalogue holds each case the sync must handle: a
     padded GTIN, whitespace, a variant without barcode, duplicates on both sides, barcodes
-    known to one side only, unknown and negative stock, quantities as strings.
+    known to one side only, unknown and negative stock, quantities as strings. `spread` moves
+    the clock that many seconds between products, as a shop built over time has them.
     """
     rng = random.Random(seed)
     kaktus_ids = iter(range(5001, 10**9))
@@ -585,6 +586,7 @@ def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
         if quirks:
             _add_quirks(p, shop_variants, kaktus_variants)
         box.insales.add_product(title, shop_variants)
+        box.advance(spread)
         if flat:
             for variant in kaktus_variants:
                 box.kak2c.add_product({**variant, "name": f"{title} {variant['article']}"})
