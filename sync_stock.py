@@ -511,8 +511,12 @@ class KaktusToken(requests.auth.AuthBase):
         redactor.secrets.add(token)
         self.value = token
         self.expires_at = token_expiry(token, body.get("expires_in"), time.time())
-        write_atomically(self.cache, json.dumps({
-            "account": self.account, "access_token": token, "expires_at": self.expires_at}))
+        try:
+            write_atomically(self.cache, json.dumps({
+                "account": self.account, "access_token": token, "expires_at": self.expires_at}))
+        except OSError as exc:
+            raise ConfigError(f"KAK2C_TOKEN_FILE {self.cache}: cannot write ({exc.strerror})") \
+                from None
         log.debug("Kaktus token cached until %s", datetime.fromtimestamp(self.expires_at))
 
 
@@ -584,9 +588,14 @@ def walk_kak2c(api: Api, token: KaktusToken, progress: Progress) -> Iterator[lis
     last, number = first, 0
     with ThreadPoolExecutor(KAK2C_THREADS) as pool:
         pages = pool.map(functools.partial(fetch_kak2c_page, api, token), range(1, planned))
-        for number, (last, _) in enumerate(pages, start=1):
-            progress.update("Kaktus", number + 1, planned)
-            yield _new_products(last, seen)
+        try:
+            for number, (last, _) in enumerate(pages, start=1):
+                progress.update("Kaktus", number + 1, planned)
+                yield _new_products(last, seen)
+        except BaseException:
+            # A page that failed after its retries ends the walk: don't retry all the others.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     # The catalogue may have grown while we read: go on, one page at a time, while pages are full.
     while len(seen) < total and len(last) >= len(first) > 0 and number < 2 * planned:
         number += 1
@@ -1137,7 +1146,10 @@ def _sync(settings, args, summary, insales, kak2c) -> int:
         raise UpstreamError(f"{stopped}; nothing written")
     if keeps_state(settings, catalogue):
         quantities = {r.variant.id: r.kak2c_qty for r in updates}
-        save_state(settings, catalogue, {i: quantities[i] for i in written})
+        try:
+            save_state(settings, catalogue, {i: quantities[i] for i in written})
+        except OSError as exc:  # what was written stays written; the next run walks in full
+            log.error("SYNC_STATE_FILE %s: cannot write (%s)", settings.state_file, exc.strerror)
     summary["status"] = "partial" if failed else "ok"
     return EXIT_PARTIAL if failed else EXIT_OK
 

@@ -346,3 +346,23 @@ def test_secrets_never_reach_any_output(box, run, env, tmp_path):
     assert "<hidden>" in log_file.read_text()
     for secret in (box.kak2c.password, box.insales.password, token):
         assert not any(secret in text for text in outputs)
+
+
+def test_a_kaktus_outage_mid_walk_does_not_retry_every_remaining_page(box, run):
+    """When a page fails for good, the pages not yet fetched are dropped, not retried."""
+    sandbox.fill_sample(box, products=3000, sizes=1, quirks=False)
+    box.kak2c.inject("page=", status=500, after=1, times=10_000)
+    result = run()
+    assert_clean_failure(result, box)
+    assert len(box.kak2c.calls("GET")) < 5 * 4 * 2 + 1
+
+
+def test_an_unwritable_token_cache_is_a_clear_error(box, run, tmp_path):
+    """A token cache in a folder that cannot be written: one line naming the setting."""
+    add_pair(box, "TC1", 0, 1)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    result = run(KAK2C_TOKEN_FILE=blocker / "token")
+    assert result.code == 2
+    assert "KAK2C_TOKEN_FILE" in result.err and "Traceback" not in result.err
+    assert writes(box) == []
