@@ -627,7 +627,7 @@ def walk_insales(api: Api, since: str, from_id: int, progress: Progress) -> Iter
     """Yield (page of products, cursor after it) along InSales' documented keyset walk."""
     seen = set()
     for number in itertools.count(1):
-        params = {"updated_since": since, "from_id": from_id, "per_page": INSALES_PAGE}
+        params = {"updated_since": since, "from_id": from_id, "per_page": INSALES_PAGE, "page": 1}
         response = api.request("GET", "/admin/products.json", params=params)
         page = read_json(response, "InSales GET /admin/products.json", list)
         if page:
