@@ -551,16 +551,22 @@ def is_token_refused(response: requests.Response) -> bool:
 
 # --- reading Kaktus ---------------------------------------------------------------------------
 
-def fetch_kak2c_page(api: Api, token: KaktusToken, page: int) -> tuple:
-    """Return (products, recordsTotal) of one Kaktus page, logging in again once on a 401."""
-    where = f"Kaktus GET /api/lite/products?page={page}"
+def fetch_kak2c_page(api: Api, token: KaktusToken, page: int) -> requests.Response:
+    """Fetch one Kaktus page, logging in again once when the token is refused."""
     for attempt in (1, 2):
         response = api.request("GET", "/api/lite/products", params={"page": page}, auth=token)
         if not is_token_refused(response):
-            break
+            return response
         if attempt == 2:
-            raise UpstreamError(f"{where}: a fresh token was refused too (HTTP 401)")
+            raise UpstreamError(f"Kaktus GET /api/lite/products?page={page}: "
+                                "a fresh token was refused too (HTTP 401)")
         token.renew(response.request.headers.get("Authorization", ""))
+    raise AssertionError("unreachable")
+
+
+def read_kak2c_page(response: requests.Response, page: int) -> tuple:
+    """Return (products, recordsTotal) from a Kaktus page answer, or fail naming what is wrong."""
+    where = f"Kaktus GET /api/lite/products?page={page}"
     body = read_json(response, where, dict)
     if body.get("success") is False:
         raise UpstreamError(f"{where}: error answer{_error_detail(response)}")
@@ -578,18 +584,20 @@ def walk_kak2c(api: Api, token: KaktusToken, progress: Progress) -> Iterator[lis
     """Yield Kaktus pages of new products until recordsTotal is held or a page comes back empty.
 
     Page 0 tells recordsTotal and the page size, so the remaining pages are fetched a few at a
-    time. A server that repeats itself or promises more than it holds ends the walk with an error
-    rather than a loop or a partial catalogue.
+    time; the threads only fetch and the pages are parsed here, so that one thread does the CPU
+    work rather than five fighting over the GIL. A server that repeats itself or promises more
+    than it holds ends the walk with an error rather than a loop or a partial catalogue.
     """
-    first, total = fetch_kak2c_page(api, token, 0)
+    first, total = read_kak2c_page(fetch_kak2c_page(api, token, 0), 0)
     seen: set = set()
     yield _new_products(first, seen)
     planned = math.ceil(total / len(first)) if first else 1
     last, number = first, 0
     with ThreadPoolExecutor(KAK2C_THREADS) as pool:
-        pages = pool.map(functools.partial(fetch_kak2c_page, api, token), range(1, planned))
+        answers = pool.map(functools.partial(fetch_kak2c_page, api, token), range(1, planned))
         try:
-            for number, (last, _) in enumerate(pages, start=1):
+            for number, answer in enumerate(answers, start=1):
+                last, _ = read_kak2c_page(answer, number)
                 progress.update("Kaktus", number + 1, planned)
                 yield _new_products(last, seen)
         except BaseException:
@@ -599,7 +607,7 @@ def walk_kak2c(api: Api, token: KaktusToken, progress: Progress) -> Iterator[lis
     # The catalogue may have grown while we read: go on, one page at a time, while pages are full.
     while len(seen) < total and len(last) >= len(first) > 0 and number < 2 * planned:
         number += 1
-        last, _ = fetch_kak2c_page(api, token, number)
+        last, _ = read_kak2c_page(fetch_kak2c_page(api, token, number), number)
         fresh = _new_products(last, seen)
         if not fresh:
             break
@@ -1175,7 +1183,7 @@ def run_check(settings: Settings) -> int:
                            "InSales GET /admin/warehouses.json", list)
     page = read_json(insales.request("GET", "/admin/products.json", params={"per_page": 10}),
                      "InSales GET /admin/products.json", list)
-    products, total = fetch_kak2c_page(kak2c, token, 0)
+    products, total = read_kak2c_page(fetch_kak2c_page(kak2c, token, 0), 0)
     print(f"InSales {settings.insales_url}: {count} products; first page read "
           f"({len(page)} products); writing {settings.quantity_field}")
     for house in warehouses:
