@@ -16,6 +16,7 @@ import fcntl
 import functools
 import gc
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -1065,10 +1066,9 @@ def write_report(path: Path, plan: Plan, outcome: dict) -> None:
         lines.append((row.barcode, variant.id if variant else "", variant.title if variant else "",
                       _qty(variant.quantity) if variant else "", _qty(row.kak2c_qty),
                       action, reason))
-    with tempfile.SpooledTemporaryFile(mode="w+", newline="", encoding="utf-8") as buffer:
-        csv.writer(buffer).writerows(lines)
-        buffer.seek(0)
-        write_atomically(path, buffer.read(), mode=0o644)
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(lines)
+    write_atomically(path, buffer.getvalue(), mode=0o644)
 
 
 def ping_healthcheck(url: str | None, suffix: str = "") -> None:
@@ -1104,11 +1104,16 @@ def summary_line(summary: dict) -> str:
 
 # --- the run ----------------------------------------------------------------------------------
 
+def make_apis(settings: Settings) -> tuple:
+    """The InSales API (Basic auth, never in the URL) and the Kaktus API (bearer, per call)."""
+    return (Api("InSales", settings.insales_url, settings,
+                auth=(settings.insales_key, settings.insales_password)),
+            Api("Kaktus", settings.kak2c_url, settings))
+
+
 def run_sync(settings: Settings, args: argparse.Namespace, summary: dict) -> int:
     """Read both catalogues, plan, guard and write: one whole sync. Return the exit code."""
-    insales = Api("InSales", settings.insales_url, settings,
-                  auth=(settings.insales_key, settings.insales_password))
-    kak2c = Api("Kaktus", settings.kak2c_url, settings)
+    insales, kak2c = make_apis(settings)
     # The catalogue is hundreds of thousands of small acyclic objects: the cyclic collector,
     # rescanning them as they pile up, cost a third of the CPU of a 100,000-variant run.
     gc.disable()
@@ -1173,9 +1178,7 @@ def _write_report(path: Path | None, plan: Plan, outcome: dict) -> None:
 
 def run_check(settings: Settings) -> int:
     """Log in to both APIs, read one page of each and print what was found; write nothing."""
-    insales = Api("InSales", settings.insales_url, settings,
-                  auth=(settings.insales_key, settings.insales_password))
-    kak2c = Api("Kaktus", settings.kak2c_url, settings)
+    insales, kak2c = make_apis(settings)
     token = KaktusToken(kak2c, settings.kak2c_credentials, settings.token_file)
     count = read_json(insales.request("GET", "/admin/products/count.json"),
                       "InSales GET /admin/products/count.json", dict).get("count")
@@ -1228,8 +1231,9 @@ def run_demo(args: argparse.Namespace) -> int:
                                ("3. Dry run again: nothing left to change", True)):
             print(f"== {title}")
             run_args = argparse.Namespace(**{**vars(args), "dry_run": dry_run, "report": None})
-            summary = new_summary()
+            summary, started = new_summary(), time.monotonic()
             code = max(code, run_sync(settings, run_args, summary))
+            summary["duration_s"] = round(time.monotonic() - started, 3)
             print(summary_line(summary) + "\n")
         writes = sum(1 for entry in box.insales.log if entry["method"] == "PUT")
         print(f"InSales received {writes} variants_group_update call(s); "
@@ -1255,6 +1259,22 @@ def parse_args(argv) -> argparse.Namespace:
                         help="dry run and real sync against the bundled local sandbox")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
+
+
+def run_guarded(settings: Settings, args: argparse.Namespace, summary: dict) -> int:
+    """Run one sync between health pings, turning a SyncError into its status and exit code."""
+    ping_healthcheck(settings.healthcheck_url, "/start")
+    try:
+        code = run_sync(settings, args, summary)
+    except ConfigError:
+        raise
+    except SyncError as exc:
+        log.error("%s", exc)
+        summary.update(status=exc.status, error=redactor.redact(str(exc)))
+        code = exc.exit_code
+    ping_healthcheck(settings.healthcheck_url, "" if code == EXIT_OK else "/fail")
+    return code
+
 
 
 def main(argv=None) -> int:
@@ -1289,21 +1309,6 @@ def main(argv=None) -> int:
     log.info("%s", summary_line(summary))
     if args.json:
         print(redactor.redact(json.dumps(summary, ensure_ascii=False)))
-    return code
-
-
-def run_guarded(settings: Settings, args: argparse.Namespace, summary: dict) -> int:
-    """Run one sync between health pings, turning a SyncError into its status and exit code."""
-    ping_healthcheck(settings.healthcheck_url, "/start")
-    try:
-        code = run_sync(settings, args, summary)
-    except ConfigError:
-        raise
-    except SyncError as exc:
-        log.error("%s", exc)
-        summary.update(status=exc.status, error=redactor.redact(str(exc)))
-        code = exc.exit_code
-    ping_healthcheck(settings.healthcheck_url, "" if code == EXIT_OK else "/fail")
     return code
 
 
