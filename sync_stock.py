@@ -467,7 +467,7 @@ class KaktusToken(requests.auth.AuthBase):
         self.cache = cache
         self.account = hashlib.sha256(api.base_url.encode() + b"\0" + credentials).hexdigest()
         self.value: str | None = None
-        self.expires_at = 0.0
+        self.renew_at = 0.0  # shortly before the token's exp
         self.lock = threading.Lock()
 
     def __call__(self, request):
@@ -478,7 +478,7 @@ class KaktusToken(requests.auth.AuthBase):
         with self.lock:
             if self.value is None:
                 self._load_cache()
-            if self.value is None or self.expires_at - TOKEN_MARGIN <= time.time():
+            if self.value is None or self.renew_at <= time.time():
                 self._log_in()
             return self.value
 
@@ -492,9 +492,9 @@ class KaktusToken(requests.auth.AuthBase):
     def _load_cache(self):
         cached = read_json_file(self.cache)
         if isinstance(cached, dict) and cached.get("account") == self.account:
-            token, expires_at = cached.get("access_token"), cached.get("expires_at")
-            if isinstance(token, str) and isinstance(expires_at, (int, float)):
-                self.value, self.expires_at = token, float(expires_at)
+            token, renew_at = cached.get("access_token"), cached.get("renew_at")
+            if isinstance(token, str) and isinstance(renew_at, (int, float)):
+                self.value, self.renew_at = token, float(renew_at)
                 redactor.secrets.add(token)
 
     def _log_in(self):
@@ -510,15 +510,18 @@ class KaktusToken(requests.auth.AuthBase):
                 raise UpstreamError(f"Kaktus rejected the credentials{_error_detail(response)}")
             raise UpstreamError("Kaktus login answer is malformed: no access_token")
         redactor.secrets.add(token)
-        self.value = token
-        self.expires_at = token_expiry(token, body.get("expires_in"), time.time())
+        self.value, now = token, time.time()
+        expires_at = token_expiry(token, body.get("expires_in"), now)
+        # Renew TOKEN_MARGIN before exp, or a quarter of the lifetime for short-lived tokens.
+        self.renew_at = expires_at - min(TOKEN_MARGIN, max(0.0, expires_at - now) / 4)
         try:
             write_atomically(self.cache, json.dumps({
-                "account": self.account, "access_token": token, "expires_at": self.expires_at}))
+                "account": self.account, "access_token": token, "expires_at": expires_at,
+                "renew_at": self.renew_at}))
         except OSError as exc:
             raise ConfigError(f"KAK2C_TOKEN_FILE {self.cache}: cannot write ({exc.strerror})") \
                 from None
-        log.debug("Kaktus token cached until %s", datetime.fromtimestamp(self.expires_at))
+        log.debug("Kaktus token cached until %s", datetime.fromtimestamp(expires_at))
 
 
 def token_expiry(token: str, expires_in, now: float) -> float:

@@ -62,7 +62,7 @@ def test_bad_cached_token_leads_to_a_fresh_login(box, run, env, tamper):
     with open(path) as cached:
         cache = json.load(cached)
     if tamper == "expired":
-        cache["expires_at"] = 1.0
+        cache["expires_at"] = cache["renew_at"] = 1.0
     elif tamper == "truncated":
         cache["access_token"] = cache["access_token"][:20]
     elif tamper == "not a jwt":
@@ -75,6 +75,15 @@ def test_bad_cached_token_leads_to_a_fresh_login(box, run, env, tamper):
     assert result.code == 0
     assert box.insales.all_variants()[0]["quantity"] == 4
     assert len(box.kak2c.calls("POST", "/api/lite/auth")) == 2
+
+
+def test_short_lived_tokens_are_reused_too(box, run):
+    """A token that lives a minute is reused by the next run, not renewed before every call."""
+    sandbox.fill_sample(box, products=350, sizes=1, quirks=False)
+    box.kak2c.token_ttl = 60
+    assert run().code == 0
+    assert run().code == 0
+    assert len(box.kak2c.calls("POST", "/api/lite/auth")) == 1
 
 
 @pytest.mark.parametrize("status, body, words", [
