@@ -47,16 +47,15 @@ def test_second_run_writes_nothing_and_reuses_the_token(box, run):
 
 
 def test_both_kaktus_shapes_and_every_barcode_shape_are_matched(box, run):
-    """Syncs variants listed under products and products that are one variant."""
-    shapes = [{"barcode": "4600000000017"}, {"barcodes": ["4600000000024"]},
-              {"barcodes": [{"barcode": "4600000000031"}]}, {"barcodes": [{"value": "X-4"}]},
-              {"barcodes": [{"code": " X-5 "}]}]
+    """Syncs variants listed under products and products that are one variant, every shape."""
+    shapes = [("4600000000017", {"barcode": "4600000000017"}),
+              ("4600000000024", {"barcodes": ["4600000000024"]}),
+              ("4600000000031", {"barcodes": [{"barcode": "4600000000031"}]}),
+              ("X-4", {"barcodes": [{"value": "X-4"}]}),
+              ("X-5", {"barcodes": [{"code": " X-5 "}]})]
     ids = []
-    for n, shape in enumerate(shapes):
-        code = next(iter(shape.values()))
-        code = code if isinstance(code, str) else next(iter(code[0].values())) \
-            if isinstance(code[0], dict) else code[0]
-        product = box.insales.add_product(f"P{n}", [{"barcode": code.strip(), "quantity": 0}])
+    for n, (code, shape) in enumerate(shapes):
+        product = box.insales.add_product(f"P{n}", [{"barcode": code, "quantity": 0}])
         ids.append(product["variants"][0]["id"])
         record = {"id": n, **shape, "stock": [{"stockTotal": n + 1}]}
         box.kak2c.add_product(record if n % 2 else {"id": 100 + n, "variants": [record]})
