@@ -1207,9 +1207,9 @@ def run_check(settings: Settings) -> int:
                 variant_keys.update(variant)
                 for entry in variant.get("stock") or []:
                     stock_keys.update(entry if isinstance(entry, dict) else {})
-    shape = "product -> variants" if any(isinstance(p, dict) and isinstance(p.get("variants"), list)
-                                         for p in products) else "one variant per product"
-    print(f"  catalogue shape: {shape}")
+    nested = sum(isinstance(p, dict) and isinstance(p.get("variants"), list) for p in products)
+    print(f"  catalogue shape on page 0: {nested} products with a variants list, "
+          f"{len(products) - nested} that are one variant each")
     print(f"  variant keys: {', '.join(sorted(variant_keys)) or '-'}")
     print(f"  stock entry keys: {', '.join(sorted(stock_keys)) or '-'} "
           f"(KAK2C_STOCK_FIELD={settings.stock_field})")
