@@ -1279,7 +1279,6 @@ def run_guarded(settings: Settings, args: argparse.Namespace, summary: dict) -> 
     return code
 
 
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     reset_logging()
