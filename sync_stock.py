@@ -557,15 +557,14 @@ def is_token_refused(response: requests.Response) -> bool:
 
 def fetch_kak2c_page(api: Api, token: KaktusToken, page: int) -> requests.Response:
     """Fetch one Kaktus page, logging in again once when the token is refused."""
-    for attempt in (1, 2):
+    response = api.request("GET", "/api/lite/products", params={"page": page}, auth=token)
+    if is_token_refused(response):
+        token.renew(response.request.headers.get("Authorization", ""))
         response = api.request("GET", "/api/lite/products", params={"page": page}, auth=token)
-        if not is_token_refused(response):
-            return response
-        if attempt == 2:
+        if is_token_refused(response):
             raise UpstreamError(f"Kaktus GET /api/lite/products?page={page}: "
                                 "a fresh token was refused too (HTTP 401)")
-        token.renew(response.request.headers.get("Authorization", ""))
-    raise AssertionError("unreachable")
+    return response
 
 
 def read_kak2c_page(response: requests.Response, page: int) -> tuple:

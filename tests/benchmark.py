@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import math
 import os
@@ -128,18 +129,9 @@ def run_naive(box) -> dict:
         if len(chunk) < 250:
             break
         page += 1
-    counts["kak2c"] += 1
-    token = requests.post(f"{box.kak2c.url}/api/lite/auth", timeout=60, json={
-        "login": box.kak2c.login, "password": box.kak2c.password}).json()["access_token"]
-    pages, number = [], 0
-    while True:
-        counts["kak2c"] += 1
-        body = requests.get(f"{box.kak2c.url}/api/lite/products", params={"page": number},
-                            headers={"Authorization": f"Bearer {token}"}, timeout=60).json()
-        pages.append(body["products"])
-        if not body["products"] or sum(map(len, pages)) >= body["recordsTotal"]:
-            break
-        number += 1
+    bodies = fetch_kak2c_bodies(box.kak2c.url, box.kak2c.login, box.kak2c.password)
+    counts["kak2c"] += 1 + len(bodies)
+    pages = [json.loads(body)["products"] for body in bodies]
     index = sync_stock.index_kak2c(pages, "stockTotal")
     matched = [{"id": v.id, "quantity": index.quantities[v.barcode]} for v in variants
                if index.quantities.get(v.barcode) is not None]
@@ -191,18 +183,23 @@ def fetch_bodies(env: dict) -> list:
         if len(page) < 250:
             break
         since, from_id = page[-1]["updated_at"], page[-1]["id"]
-    token = requests.post(f"{env['KAK2C_URL']}/api/lite/auth", timeout=60, json={
-        "login": env["KAK2C_LOGIN"], "password": env["KAK2C_PASSWORD"]}).json()["access_token"]
-    number, held = 0, 0
-    while True:
-        body = requests.get(f"{env['KAK2C_URL']}/api/lite/products", params={"page": number},
+    return bodies + fetch_kak2c_bodies(env["KAK2C_URL"], env["KAK2C_LOGIN"],
+                                       env["KAK2C_PASSWORD"])
+
+
+def fetch_kak2c_bodies(url: str, login: str, password: str) -> list:
+    """Log in and read Kaktus pages one after another, as plain clients do; return the bodies."""
+    token = requests.post(f"{url}/api/lite/auth", timeout=60, json={
+        "login": login, "password": password}).json()["access_token"]
+    bodies, held = [], 0
+    for number in itertools.count():
+        body = requests.get(f"{url}/api/lite/products", params={"page": number},
                             headers={"Authorization": f"Bearer {token}"}, timeout=60).content
         bodies.append(body)
         answer = json.loads(body)
         held += len(answer["products"])
         if not answer["products"] or held >= answer["recordsTotal"]:
             return bodies
-        number += 1
 
 
 def scenario_budget(products: int, sizes: int, folder: str, runs: int = 30) -> dict:

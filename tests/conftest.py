@@ -71,10 +71,9 @@ def add_pair(box, barcode, shop_qty, stock, shape="variants", **shop_fields) -> 
     """Add one InSales variant and its Kaktus twin; return the InSales variant id."""
     product = box.insales.add_product(f"Product {barcode}", [
         {"barcode": barcode, "quantity": shop_qty, **shop_fields}])
-    record = {"id": len(box.kak2c.products) + 1, "barcode": barcode,
-              "stock": [{"stockTotal": stock}] if stock is not None else None}
-    if record["stock"] is None:
-        del record["stock"]
+    record = {"id": len(box.kak2c.products) + 1, "barcode": barcode}
+    if stock is not None:  # None: no stock at all, which Kaktus means as unknown
+        record["stock"] = [{"stockTotal": stock}]
     if shape == "variants":
         box.kak2c.add_product({"id": 90000 + record["id"], "name": "P", "variants": [record]})
     else:
