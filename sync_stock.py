@@ -27,7 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -883,44 +884,46 @@ class Plan:
             yield Row(barcode, None, None, "skip", "duplicate in Kaktus")
 
 
-def plan_updates(variants: Iterable[Variant], kak2c: KaktusIndex) -> Plan:
+def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex) -> Plan:
     """Join both sides by barcode and plan a write for every matched quantity that differs."""
-    unique: dict = {}
+    coded = [variant for variant in variants if variant.barcode is not None]
+    unique = {variant.barcode: variant for variant in coded}
     shared: dict = {}
-    total = 0
-    for variant in variants:
-        total += 1
-        barcode = variant.barcode
-        if barcode is None:
-            continue
-        if barcode in shared:
-            shared[barcode].append(variant)
-        elif barcode in unique:
-            shared[barcode] = [unique.pop(barcode), variant]
-        else:
-            unique[barcode] = variant
+    if len(unique) < len(coded):  # some barcode is held twice: set all its holders aside
+        held = Counter(variant.barcode for variant in coded)
+        for variant in coded:
+            if held[variant.barcode] > 1:
+                shared.setdefault(variant.barcode, []).append(variant)
+        for barcode in shared:
+            del unique[barcode]
     quantities = kak2c.quantities
-    matched = unique.keys() & quantities.keys()
-    updates, stocked, zeroed = [], 0, 0
-    for barcode in matched:
-        variant, quantity = unique[barcode], quantities[barcode]
+    updates, matched, unknown, stocked, zeroed = [], 0, 0, 0, 0
+    # One pass in the catalogue's own order: walking a set of barcodes instead jumps around
+    # memory, and at 100,000 variants that alone cost more than this whole loop.
+    for barcode, variant in unique.items():
+        if barcode not in quantities:
+            continue
+        matched += 1
+        quantity = quantities[barcode]
         has_stock = variant.quantity is not None and variant.quantity > 0
         stocked += has_stock
-        if quantity is not None and quantity != variant.quantity:
+        if quantity is None:
+            unknown += 1
+        elif quantity != variant.quantity:
             updates.append(Row(barcode, variant, quantity, "update", "stock differs"))
             zeroed += has_stock and quantity == 0
     updates.sort(key=lambda row: row.variant.id)
     counts = {
-        "insales_variants": total,
-        "insales_with_barcode": len(unique) + sum(map(len, shared.values())),
+        "insales_variants": len(variants),
+        "insales_with_barcode": len(coded),
         "insales_duplicate_barcodes": len(shared),
         "kak2c_variants": kak2c.variants,
         "kak2c_duplicate_barcodes": len(kak2c.duplicates),
-        "matched": len(matched),
+        "matched": matched,
         "changed": len(updates),
-        "unmatched_insales": len(unique.keys() - quantities.keys() - kak2c.duplicates),
+        "unmatched_insales": len(unique) - matched - len(kak2c.duplicates & unique.keys()),
         "unmatched_kak2c": len(quantities.keys() - unique.keys() - shared.keys()),
-        "unknown_stock": sum(1 for barcode in matched if quantities[barcode] is None),
+        "unknown_stock": unknown,
     }
     return Plan(updates, counts, stocked, zeroed, unique, shared, kak2c)
 
