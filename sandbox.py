@@ -70,6 +70,7 @@ class Request(NamedTuple):
     query: dict
     headers: object
     body: bytes
+    target: str  # as sent: a full URL when the client came through a proxy
 
 
 class Emulator:
@@ -118,7 +119,8 @@ class Emulator:
         with self.lock:
             self.log.append({"method": request.method, "path": request.path,
                              "query": request.query, "status": status, "at": self.clock(),
-                             "headers": dict(request.headers), "body": request.body})
+                             "headers": dict(request.headers), "body": request.body,
+                             "target": request.target})
 
     def calls(self, method: str | None = None, path: str | None = None) -> list:
         """The logged requests with this method and path."""
@@ -157,7 +159,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        request = Request(self.command, split.path, query, self.headers, self.rfile.read(length))
+        request = Request(self.command, split.path, query, self.headers, self.rfile.read(length),
+                          self.path)
         emulator = self.emulator
         if emulator.latency:
             time.sleep(emulator.latency)

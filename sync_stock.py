@@ -353,10 +353,15 @@ class Progress:
 
 # --- HTTP -------------------------------------------------------------------------------------
 
-def make_session(timeout: float) -> requests.Session:
+def make_session(base_url: str, timeout: float) -> requests.Session:
     session = requests.Session()
     session.headers["User-Agent"] = f"sync_stock/{__version__} (+InSales-Kaktus stock sync)"
     session.request_timeout = (min(10.0, timeout), timeout)
+    # Proxies and CA bundle from the environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE…),
+    # read once for this API rather than again on each of its hundreds of requests.
+    found = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.proxies, session.verify = found["proxies"], found["verify"]
+    session.trust_env = False
     return session
 
 
@@ -367,7 +372,7 @@ class Api:
         self.name = name
         self.base_url = base_url
         self.max_wait = settings.max_wait
-        self.session = make_session(settings.timeout)
+        self.session = make_session(base_url, settings.timeout)
         self.session.auth = auth
         self.requests = 0
         self._count = threading.Lock()
@@ -380,7 +385,11 @@ class Api:
                 self.requests += 1
             try:
                 response = self.session.request(method, self.base_url + path,
-                                                timeout=self.session.request_timeout, **kwargs)
+                                                timeout=self.session.request_timeout,
+                                                stream=True, **kwargs)
+                # The body in one read: requests' .content takes it 10 KB at a time, each a
+                # trip through urllib3, which costs half as much CPU again on a big catalogue.
+                response._content = b"".join(response.iter_content(None))
             except requests.RequestException as exc:
                 problem, wait = exc.__class__.__name__, BACKOFF * 2 ** (attempt - 1)
             else:

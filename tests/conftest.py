@@ -19,6 +19,9 @@ SETTINGS = (
     "KAK2C_CREDENTIALS_FILE", "KAK2C_LOGIN", "KAK2C_PASSWORD", "KAK2C_TOKEN_FILE",
     "KAK2C_STOCK_FIELD", "SYNC_LOCK_FILE", "SYNC_MODE", "SYNC_FULL_EVERY", "SYNC_STATE_FILE",
     "SYNC_MAX_WAIT", "SYNC_TIMEOUT", "SYNC_GUARD_ZERO_SHARE", "LOG_FILE", "HEALTHCHECK_URL",
+    # and a proxy of the machine that runs the tests, which must not come before the sandbox
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+    "http_proxy", "https_proxy", "all_proxy", "no_proxy",
 )
 
 

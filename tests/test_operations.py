@@ -107,6 +107,17 @@ def test_a_dead_monitor_never_fails_the_sync(box, run):
     assert "healthcheck ping" in result.err
 
 
+def test_proxy_settings_of_the_environment_are_honoured(box, run):
+    """HTTP_PROXY carries InSales' requests (here to the sandbox itself); NO_PROXY spares Kaktus."""
+    add_pair(box, "P1", 0, 3)
+    result = run(HTTP_PROXY=box.insales.url, NO_PROXY="localhost",
+                 KAK2C_URL=box.kak2c.url.replace("127.0.0.1", "localhost"))
+    assert (result.code, result.summary["updated"]) == (0, 1)
+    assert box.insales.log and box.kak2c.log
+    assert all(call["target"].startswith(box.insales.url + "/admin/") for call in box.insales.log)
+    assert all(call["target"].startswith("/api/lite/") for call in box.kak2c.log)
+
+
 def test_dry_run_table_is_sorted_and_capped_with_a_pointer_to_the_report(box, run):
     """Shows at most 50 rows, sorted by title, then says how many more and where to look."""
     for n in range(60):
