@@ -721,22 +721,23 @@ def fetch_insales_catalogue(api: Api, settings: Settings, state: Catalogue | Non
     else:
         catalogue = state
         since, from_id = rewind(state.cursor[0]), 0
-    by_product: dict = {}
+    by_product: dict = {}  # product id -> its variants
     for variant in catalogue.variants.values():
-        by_product.setdefault(variant.product_id, []).append(variant.id)
+        by_product.setdefault(variant.product_id, []).append(variant)
+    quantity_field = settings.quantity_field
     for page, cursor in walk_insales(api, since, from_id, progress):
         if page:  # an empty page leaves the cursor where the last product was
             catalogue.cursor = cursor
         for product in page:
-            variants = read_insales_product(product, settings.quantity_field)
+            variants = read_insales_product(product, quantity_field)
             if variants is None:
                 catalogue.skipped += 1
                 log.warning("InSales: skipped a malformed product (id %s)",
                             product.get("id") if isinstance(product, dict) else "?")
                 continue
             for old in by_product.pop(product["id"], ()):
-                del catalogue.variants[old]
-            by_product[product["id"]] = [v.id for v in variants]
+                del catalogue.variants[old.id]
+            by_product[product["id"]] = variants
             catalogue.variants.update((v.id, v) for v in variants)
     catalogue.products = len(by_product)
     return catalogue
@@ -781,12 +782,12 @@ def to_quantity(value) -> int | None:
     return None
 
 
-def read_barcodes(record: dict) -> set:
+def read_barcodes(record: dict) -> Collection[str]:
     """Collect a Kaktus variant's barcodes from every shape it may use."""
     many = record.get("barcodes")
     if many is None:  # the common shape, one barcode string: the fast way
         code = normalize_barcode(record.get("barcode"))
-        return {code} if code else set()
+        return (code,) if code else ()
     values = [record.get("barcode")]
     for item in many if isinstance(many, list) else []:
         if isinstance(item, dict):
@@ -838,7 +839,7 @@ def index_kak2c(pages: Iterable[list], stock_field: str) -> KaktusIndex:
                 index.variants += 1
                 quantity = read_stock(variant, stock_field)
                 for barcode in read_barcodes(variant):
-                    if barcode in quantities or barcode in duplicates:
+                    if barcode in quantities:  # it stays there until all pages are in
                         duplicates.add(barcode)
                     quantities[barcode] = quantity
     for barcode in duplicates:
