@@ -16,6 +16,7 @@ import fcntl
 import functools
 import gc
 import hashlib
+import heapq
 import io
 import itertools
 import json
@@ -1049,9 +1050,10 @@ def keeps_state(settings: Settings, catalogue: Catalogue) -> bool:
 
 def print_plan(plan: Plan, refusal: str | None, report: str | None, out) -> None:
     """Print the planned changes as an aligned table, capped on screen."""
-    updates = sorted(plan.updates, key=lambda r: (r.variant.title, r.barcode))
+    updates = plan.updates
+    shown = heapq.nsmallest(DRY_RUN_ROWS, updates, key=lambda r: (r.variant.title, r.barcode))
     lines = [(r.barcode, str(r.variant.id), r.variant.title[:50],
-              f"{_qty(r.variant.quantity)} -> {r.kak2c_qty}") for r in updates[:DRY_RUN_ROWS]]
+              f"{_qty(r.variant.quantity)} -> {r.kak2c_qty}") for r in shown]
     header = ("barcode", "variant id", "title", "old -> new")
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(4)]
     for line in [header, *lines] if lines else []:
