@@ -13,7 +13,6 @@ import base64
 import csv
 import email.utils
 import fcntl
-import functools
 import gc
 import hashlib
 import heapq
@@ -30,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -335,15 +334,18 @@ class Progress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.counts: dict = {}
+        self.counts: dict = {}  # name -> (pages done, pages in all or None)
         self.lock = threading.Lock()
 
     def update(self, name: str, done: int, total: int | None = None) -> None:
+        """Show `done` pages of `name` read; from any thread, and never going back."""
         if not self.enabled:
             return
         with self.lock:
-            self.counts[name] = f"{done}/{total}" if total else str(done)
-            line = ", ".join(f"{k}: {v} pages" for k, v in self.counts.items())
+            done = max(done, self.counts.get(name, (0, None))[0])
+            self.counts[name] = (done, total)
+            line = ", ".join(f"{k}: {d}/{t} pages" if t else f"{k}: {d} pages"
+                             for k, (d, t) in self.counts.items())
             sys.stderr.write(f"\r{line} ")
             sys.stderr.flush()
 
@@ -594,25 +596,36 @@ def read_kak2c_page(response: requests.Response, page: int) -> tuple:
     return products, total
 
 
-def walk_kak2c(api: Api, token: KaktusToken, progress: Progress) -> Iterator[list]:
+def walk_kak2c(api: Api, token: KaktusToken, progress: Progress,
+               after: Future | None = None) -> Iterator[list]:
     """Yield Kaktus pages of new products until recordsTotal is held or a page comes back empty.
 
     Page 0 tells recordsTotal and the page size, so the remaining pages are fetched a few at a
-    time; the threads only fetch and the pages are parsed here, so that one thread does the CPU
-    work rather than five fighting over the GIL. A server that repeats itself or promises more
-    than it holds ends the walk with an error rather than a loop or a partial catalogue.
+    time. The threads only fetch; the pages are parsed here, and only once `after` is done: the
+    InSales walk, which parses its own pages in its own thread. Two threads parsing at once take
+    turns on the GIL and spoil each other's caches, a quarter more CPU; and the keyset walk is
+    the longer read anyway, so Kaktus pages wait for it in memory, already fetched. A server
+    that repeats itself or promises more than it holds ends the walk with an error rather than
+    a loop or a partial catalogue.
     """
     first, total = read_kak2c_page(fetch_kak2c_page(api, token, 0), 0)
     seen: set = set()
     yield _new_products(first, seen)
     planned = math.ceil(total / len(first)) if first else 1
     last, number = first, 0
+
+    def fetch(page: int) -> requests.Response:
+        answer = fetch_kak2c_page(api, token, page)
+        progress.update("Kaktus", page + 1, planned)
+        return answer
+
     with ThreadPoolExecutor(KAK2C_THREADS) as pool:
-        answers = pool.map(functools.partial(fetch_kak2c_page, api, token), range(1, planned))
+        answers = pool.map(fetch, range(1, planned))
         try:
+            if after is not None:
+                after.result()  # an InSales failure stops the Kaktus pages still to come
             for number, answer in enumerate(answers, start=1):
                 last, _ = read_kak2c_page(answer, number)
-                progress.update("Kaktus", number + 1, planned)
                 yield _new_products(last, seen)
         except BaseException:
             # A page that failed after its retries ends the walk: don't retry all the others.
@@ -1150,7 +1163,8 @@ def _sync(settings, args, summary, insales, kak2c) -> int:
     try:
         with ThreadPoolExecutor(1) as pool:  # the two catalogues are independent: read both at once
             reading = pool.submit(fetch_insales_catalogue, insales, settings, state, full, progress)
-            kak2c_index = index_kak2c(walk_kak2c(kak2c, token, progress), settings.stock_field)
+            pages = walk_kak2c(kak2c, token, progress, after=reading)
+            kak2c_index = index_kak2c(pages, settings.stock_field)
             catalogue = reading.result()
     finally:
         progress.close()

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 import sandbox
+import sync_stock
 from conftest import ROOT, add_pair, kaktus_quantities, shop_quantities, writes
 
 EXPIRED = {"errors": [{"code": 401, "message": "JWT expired at 2026-11-28T10:00:00Z"}],
@@ -362,7 +363,21 @@ def test_a_kaktus_outage_mid_walk_does_not_retry_every_remaining_page(box, run):
     box.kak2c.inject("page=", status=500, after=1, times=10_000)
     result = run()
     assert_clean_failure(result, box)
-    assert len(box.kak2c.calls("GET")) < 5 * 4 * 2 + 1
+    # page 0; then, of the 30, the pages in the threads' hands when page 1 failed for good and
+    # the next one each thread took up as it came free: no more, each tried 5 times
+    threads = sync_stock.KAK2C_THREADS
+    assert len(box.kak2c.calls("GET")) <= 1 + 2 * threads * sync_stock.ATTEMPTS  # of 1 + 30 x 5
+
+
+def test_an_insales_failure_stops_the_kaktus_pages_still_to_come(box, run):
+    """Kaktus pages wait for the InSales walk; when it fails, the rest are not fetched."""
+    sandbox.fill_sample(box, products=3000, sizes=1, quirks=False)
+    box.kak2c.latency = 0.05
+    box.insales.inject("GET /admin", status=403, body={"errors": ["forbidden"]})
+    result = run()
+    assert_clean_failure(result, box)
+    assert "InSales" in result.err and "HTTP 403" in result.err
+    assert len(box.kak2c.calls("GET")) < 30 // 2  # of the 30 pages
 
 
 def test_an_unwritable_token_cache_is_a_clear_error(box, run, tmp_path):
