@@ -185,7 +185,8 @@ def scenario_scale(products: int, sizes: int, folder: str) -> dict:
             f"json.loads alone {loads:.2f} s CPU, the run {cpu:.2f} s: {cpu / loads:.2f}x; "
             f"of the run, {http:.2f} s is the HTTP client (requests, urllib3) sending "
             f"{len(bodies)} requests and receiving their bodies, so parse, index, join and plan "
-            f"take {(cpu - http) / loads:.2f}x")
+            f"take {(cpu - http) / loads:.2f}x; peak RSS {ours['rss_mb']:.0f} MB, "
+            f"{ours['rss_mb'] / 400:.2f}x the 400 MB allowed")
     return row("scale, no latency", ours, "0 (dry run)", note=note)
 
 
