@@ -12,8 +12,9 @@ Scenarios:
   numbered, so once page 0 gives recordsTotal the rest go 4 at a time: 1 + ceil((pages-1)/4).
 - naive: the original design on the same catalogue: page-numbered reads, one after another,
   and every matched variant written in one call, every run.
-- scale: 25,000 products x 4 variants on each side, no latency; the client's CPU time against
-  json.loads alone on the same response bodies, and its peak RSS.
+- scale: 25,000 products x 4 variants on each side, no latency; the client's CPU time (in this
+  process, best of three) against json.loads alone on the same response bodies, with the share
+  of its HTTP client measured apart; and its peak RSS.
 - budget: 30 simulated minutes (the sandbox clock moves 60 s a run, and so does the state's
   age) of a 100,000-variant shop in incremental mode, with Kaktus stock moving every minute;
   the share of InSales' 500 requests / 5 minutes used in the busiest 5-minute window.
