@@ -2,13 +2,15 @@
 """Local emulators of the InSales and Kaktus APIs: real HTTP servers on 127.0.0.1.
 
 One emulator, three users: `sync_stock.py --demo`, the tests and tests/benchmark.py. Both follow
-SPEC.md's "What we know" sections (Basic auth, the bare product array and its keyset walk,
-`per_page` cap, `count.json`, warehouses, the group update with its 100 cap, Content-Type check
-and both answer styles, `API-Usage-Limit` with a fixed-window 429/503 + Retry-After; Kaktus login
-with a real HS256 JWT, expiry answered under HTTP 401 or 200, numbered pages with `recordsTotal`).
+what README.md's "What we know of the two APIs" says (Basic auth, the bare product array and its
+keyset walk, `per_page` cap, `count.json`, warehouses, the group update with its 100 cap,
+Content-Type check and both answer styles, `API-Usage-Limit` with a fixed-window 429/503 +
+Retry-After; Kaktus login with a real HS256 JWT, expiry answered under HTTP 401 or 200, numbered
+pages with `recordsTotal`, an optional `size`, the `Domain` header of multi-shop accounts).
 
-Knobs for the tests: `latency`, `inject()` for faults, attributes such as `rate_limit`,
-`expired_status` or `inflate_total`, and `log`, the list of requests served.
+Knobs for the tests: `latency`, `inject()` for faults (or `rewrite`, a function over every
+answer), attributes such as `rate_limit`, `expired_status`, `inflate_total` or `domain`, and `log`,
+the list of requests served. `InSales.sell()` takes an order as a shop does.
 `python sandbox.py` serves a sample shop and prints a matching `.env`.
 """
 from __future__ import annotations
@@ -85,6 +87,8 @@ class Emulator:
         self.log: list = []
         self.lock = threading.RLock()
         self.url = ""
+        # (request, status, headers, body) -> the same, changed: every answer goes through it
+        self.rewrite: Callable | None = None
 
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"emulator": self})
@@ -178,13 +182,18 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = fault.status, fault.body
         else:
             status, headers, body = emulator.handle(request)
+        if emulator.rewrite is not None:
+            status, headers, body = emulator.rewrite(request, status, headers, body)
         emulator.record(request, status)
         self.answer(status, headers, body)
 
     def answer(self, status: int, headers: dict, body) -> None:
         if not isinstance(body, (bytes, str)):
             body = json.dumps(body, ensure_ascii=False)
-        payload = body.encode() if isinstance(body, str) else body
+        try:
+            payload = body.encode() if isinstance(body, str) else body
+        except UnicodeEncodeError:  # a lone surrogate: sent as the JSON escape it came from
+            payload = json.dumps(json.loads(body)).encode()
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -279,6 +288,13 @@ class InSales(Emulator):
     def variant(self, variant_id: int) -> dict:
         product = self.products[self.variant_product[variant_id]]
         return next(v for v in product["variants"] if v["id"] == variant_id)
+
+    def sell(self, variant_id: int, units: int) -> None:
+        """Take an order, as the shop does: the quantity drops at once, updated_at moves."""
+        with self.lock:
+            variant = self.variant(variant_id)
+            variant["quantity"] -= units
+            self.touch(self.variant_product[variant_id])
 
     def set_variant(self, variant_id: int, **fields) -> None:
         """Change a variant as a shop manager would (its product's updated_at moves)."""
@@ -407,6 +423,8 @@ class Kaktus(Emulator):
         self.expired_status = 401       # the expiry answer's HTTP status is undocumented: or 200
         self.inflate_total = 0          # claim more products than there are
         self.repeat_first_page = False  # answer page 0 whatever page is asked
+        self.honour_size = True         # `size` is seen in public clients, not confirmed
+        self.domain = None              # when set, the Domain header every call must carry
         self.generation = 0             # tokens of an older generation have expired
         self.secret = os.urandom(16)
 
@@ -429,7 +447,16 @@ class Kaktus(Emulator):
         signature = hmac.new(self.secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
         return f"{head}.{body}.{_b64(signature)}"
 
+    def set_stock(self, barcode: str, stock: int) -> None:
+        """Give the variant with this barcode one stock entry of `stock`."""
+        with self.lock:
+            for variant in self.variants():
+                if variant.get("barcode") == barcode:
+                    variant["stock"] = [{"warehouse": "MSK", "stockTotal": stock}]
+
     def handle(self, request: Request) -> tuple:
+        if self.domain is not None and request.headers.get("Domain") != self.domain:
+            return self._error(403, "Domain header required for this account")
         if request.method == "POST" and request.path == "/api/lite/auth":
             return self._auth(request)
         if request.method == "GET" and request.path == "/api/lite/products":
@@ -475,14 +502,16 @@ class Kaktus(Emulator):
             return problem
         try:
             page = int(request.query.get("page", 0))
+            size = int(request.query.get("size", self.page_size)) if self.honour_size \
+                else self.page_size
         except ValueError:
-            return self._error(400, "page must be a number")
-        if page < 0:
-            return self._error(400, "page must be a number")
+            return self._error(400, "page and size must be numbers")
+        if page < 0 or not 1 <= size <= 1000:
+            return self._error(400, "page and size must be numbers")
         if self.repeat_first_page:
             page = 0
         with self.lock:
-            chosen = self.products[page * self.page_size:(page + 1) * self.page_size]
+            chosen = self.products[page * size:(page + 1) * size]
             total = len(self.products) + self.inflate_total
         return 200, {"Content-Type": JSON}, {"products": chosen, "recordsTotal": total,
                                              "success": True}
@@ -520,6 +549,15 @@ class Sandbox:
 
     def advance(self, seconds: float) -> None:
         self.clock.offset += seconds
+
+    def add_demo_pair(self, barcode: str = "4600000000994", stock: int = 5) -> int:
+        """Add one plain pair for the demo's story, in sync at `stock`; return the InSales
+        variant id."""
+        product = self.insales.add_product("Sneakers (demo)", [{"barcode": barcode,
+                                                                "quantity": stock, "title": "42"}])
+        self.kak2c.add_product({"id": 4242, "name": "Sneakers (demo)", "barcode": barcode,
+                                "stock": [{"warehouse": "MSK", "stockTotal": stock}]})
+        return product["variants"][0]["id"]
 
     def env(self, folder) -> dict:
         """Settings for sync_stock that point at this sandbox, with files in `folder`."""

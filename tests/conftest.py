@@ -1,4 +1,8 @@
-"""Fixtures: a fresh sandbox per test, and `run` to call sync_stock.main() against it."""
+"""Fixtures: a fresh sandbox per test, and `run` to call sync_stock.main() against it.
+
+`run` injects the retry policy's sleep: it records each wait (`Result.waits`) and moves the
+sandbox's clock instead of sleeping, so backoff, Retry-After and pacing are asserted, not slept.
+"""
 from __future__ import annotations
 
 import json
@@ -17,8 +21,10 @@ import sync_stock  # noqa: E402
 SETTINGS = (
     "INSALES_URL", "INSALES_API_KEY", "INSALES_API_PASSWORD", "INSALES_WAREHOUSE", "KAK2C_URL",
     "KAK2C_CREDENTIALS_FILE", "KAK2C_LOGIN", "KAK2C_PASSWORD", "KAK2C_TOKEN_FILE",
-    "KAK2C_STOCK_FIELD", "SYNC_LOCK_FILE", "SYNC_MODE", "SYNC_FULL_EVERY", "SYNC_STATE_FILE",
+    "KAK2C_STOCK_FIELD", "KAK2C_PAGE_SIZE", "KAK2C_DOMAIN", "SYNC_STOCK_BUFFER",
+    "SYNC_HOLD_MINUTES", "SYNC_LOCK_FILE", "SYNC_MODE", "SYNC_FULL_EVERY", "SYNC_STATE_FILE",
     "SYNC_MAX_WAIT", "SYNC_TIMEOUT", "SYNC_GUARD_ZERO_SHARE", "LOG_FILE", "HEALTHCHECK_URL",
+    "METRICS_FILE",
     # and a proxy of the machine that runs the tests, which must not come before the sandbox
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
     "http_proxy", "https_proxy", "all_proxy", "no_proxy",
@@ -30,6 +36,7 @@ class Result(NamedTuple):
     summary: dict | None
     out: str
     err: str
+    waits: list  # the seconds the run would have slept, in order
 
 
 @pytest.fixture
@@ -50,7 +57,7 @@ def env(box, tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def run(env, tmp_path, monkeypatch, capsys):
+def run(box, env, tmp_path, monkeypatch, capsys):
     """Run sync_stock.main(--json ...) in-process; extra settings as keyword arguments."""
     env_file = tmp_path / "test.env"
     env_file.write_text("")
@@ -61,11 +68,17 @@ def run(env, tmp_path, monkeypatch, capsys):
                 monkeypatch.delenv(key, raising=False)
             else:
                 monkeypatch.setenv(key, str(value))
-        code = sync_stock.main(["--env-file", str(env_file), "--json", *args])
+        waits = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            box.advance(seconds)
+
+        code = sync_stock.main(["--env-file", str(env_file), "--json", *args], sleep=sleep)
         captured = capsys.readouterr()
         lines = captured.out.strip().splitlines()
         summary = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
-        return Result(code, summary, captured.out, captured.err)
+        return Result(code, summary, captured.out, captured.err, waits)
 
     return run
 

@@ -1,20 +1,32 @@
-"""The pure core: barcodes, quantities, the two indexes, the plan and the guard, on plain data."""
+"""The pure core: barcodes, stock, holds, the decision per barcode, the plan and the guard."""
 import base64
 import json
 
+import pytest
+
 from sync_stock import (
+    ConfigError,
     KaktusIndex,
+    Rules,
+    Track,
     Variant,
     check_guard,
+    decide,
+    follow_holds,
     index_kak2c,
     normalize_barcode,
+    parse_barcodes,
+    parse_stock,
+    parse_stock_expression,
+    parse_usage,
     plan_updates,
-    read_barcodes,
-    read_stock,
     rewind,
     to_quantity,
     token_expiry,
 )
+
+TOTAL = parse_stock_expression("stockTotal")
+HOUR = 3600.0
 
 
 def variant(id_, barcode, quantity, product_id=1):
@@ -50,29 +62,59 @@ def test_quantities_accept_numbers_and_numeric_strings():
     assert [to_quantity(v) for v in ("abc", None, True, float("nan"), [], {})] == [None] * 6
 
 
+def test_absurd_figures_are_unreadable_never_written():
+    """A figure above 1,000,000,000 (10**30, 1e300, 2**63, inf) counts nothing: unreadable."""
+    assert to_quantity(1_000_000_000) == 1_000_000_000
+    huge = (10**30, 1e300, 2**63, float("inf"), "1e300", "9" * 400, -(10**30))
+    assert [to_quantity(v) for v in huge] == [None] * len(huge)
+    assert parse_stock({"stock": [{"stockTotal": 10**30}]}, TOTAL) is None
+    assert parse_stock({"stock": [{"stockTotal": 6 * 10**8}] * 2}, TOTAL) is None
+
+
 def test_barcodes_are_read_from_every_shape():
     """Accepts barcode, barcodes as strings, and barcodes as objects with barcode/value/code."""
     record = {"barcode": "1", "barcodes": ["2", {"barcode": "3"}, {"value": "4"},
                                            {"code": "5"}, {"other": "6"}, None, " "]}
-    assert read_barcodes(record) == {normalize_barcode(c) for c in "12345"}
-    assert read_barcodes({"barcodes": "not a list"}) == set()
+    assert parse_barcodes(record) == {normalize_barcode(c) for c in "12345"}
+    assert parse_barcodes({"barcodes": "not a list"}) == set()
 
 
 def test_stock_entries_are_summed():
     """Sums the stock field over entries; negative totals are 0."""
-    assert read_stock({"stock": [{"stockTotal": 2}, {"stockTotal": "3"}]}, "stockTotal") == 5
-    assert read_stock({"stock": [{"stockTotal": -4}, {"stockTotal": 1}]}, "stockTotal") == 0
-    assert read_stock({"stock": [{"free": 7, "stockTotal": 1}]}, "free") == 7
-    assert read_stock({"stock": []}, "stockTotal") == 0
+    assert parse_stock({"stock": [{"stockTotal": 2}, {"stockTotal": "3"}]}, TOTAL) == 5
+    assert parse_stock({"stock": [{"stockTotal": -4}, {"stockTotal": 1}]}, TOTAL) == 0
+    assert parse_stock({"stock": [{"free": 7, "stockTotal": 1}]},
+                       parse_stock_expression("free")) == 7
+    assert parse_stock({"stock": []}, TOTAL) == 0
 
 
 def test_missing_or_unreadable_stock_is_unknown_never_zero():
     """A missing stock list, a missing field or a non-number makes the stock unknown."""
-    assert read_stock({}, "stockTotal") is None
-    assert read_stock({"stock": None}, "stockTotal") is None
-    assert read_stock({"stock": [{"stockTotal": 1}, {"other": 2}]}, "stockTotal") is None
-    assert read_stock({"stock": [{"stockTotal": "many"}]}, "stockTotal") is None
-    assert read_stock({"stock": ["5"]}, "stockTotal") is None
+    assert parse_stock({}, TOTAL) is None
+    assert parse_stock({"stock": None}, TOTAL) is None
+    assert parse_stock({"stock": [{"stockTotal": 1}, {"other": 2}]}, TOTAL) is None
+    assert parse_stock({"stock": [{"stockTotal": "many"}]}, TOTAL) is None
+    assert parse_stock({"stock": ["5"]}, TOTAL) is None
+
+
+def test_stock_expression_is_computed_per_entry_and_summed():
+    """stockTotal-stockReserved per entry, summed; a field missing in any entry is unknown."""
+    terms = parse_stock_expression(" stockTotal - stockReserved + stockTransit ")
+    assert terms == ((1, "stockTotal"), (-1, "stockReserved"), (1, "stockTransit"))
+    entries = [{"stockTotal": 10, "stockReserved": 3, "stockTransit": 1},
+               {"stockTotal": "4", "stockReserved": 0, "stockTransit": 0.0}]
+    assert parse_stock({"stock": entries}, terms) == 12
+    entries[1].pop("stockReserved")
+    assert parse_stock({"stock": entries}, terms) is None
+    assert parse_stock({"stock": [{"a": 1, "b": 5}]}, parse_stock_expression("a-b")) == 0
+
+
+@pytest.mark.parametrize("text", ["", "stock Total", "a--b", "a+", "-a", "a*b", "1a", "a-b-",
+                                  "stóck", "a;b"])
+def test_malformed_stock_expression_is_a_config_error(text):
+    """Anything but `name (+|- name)...` is refused, naming KAK2C_STOCK_FIELD."""
+    with pytest.raises(ConfigError, match="KAK2C_STOCK_FIELD"):
+        parse_stock_expression(text)
 
 
 def test_kaktus_index_covers_both_catalogue_shapes():
@@ -80,9 +122,9 @@ def test_kaktus_index_covers_both_catalogue_shapes():
     pages = [[{"id": 1, "variants": [{"id": 11, "barcode": "A", "stock": [{"stockTotal": 1}]},
                                      {"id": 12, "barcode": "B", "stock": [{"stockTotal": 2}]}]},
               {"id": 2, "barcodes": ["C"], "stock": [{"stockTotal": 3}]}]]
-    index = index_kak2c(pages, "stockTotal")
+    index = index_kak2c(pages, TOTAL)
     assert index.quantities == {"A": 1, "B": 2, "C": 3}
-    assert index.variants == 3
+    assert (index.variants, index.with_barcode, index.unknown) == (3, 3, 0)
 
 
 def test_kaktus_duplicates_are_dropped_but_a_variants_own_barcodes_are_not():
@@ -91,7 +133,7 @@ def test_kaktus_duplicates_are_dropped_but_a_variants_own_barcodes_are_not():
               {"id": 2, "barcode": "C", "stock": [{"stockTotal": 1}]},
               {"id": 3, "barcode": "C", "stock": [{"stockTotal": 2}]},
               {"id": 4, "barcode": "C", "stock": [{"stockTotal": 3}]}]]
-    index = index_kak2c(pages, "stockTotal")
+    index = index_kak2c(pages, TOTAL)
     assert index.quantities == {"A": 1, "B": 1}
     assert index.duplicates == {"C"}
 
@@ -99,7 +141,7 @@ def test_kaktus_duplicates_are_dropped_but_a_variants_own_barcodes_are_not():
 def test_plan_writes_only_quantities_that_differ():
     """Plans an update where stock differs and leaves equal stock alone."""
     plan = plan_updates([variant(1, "A", 5), variant(2, "B", 3)], kaktus(kA=5, kB=4))
-    assert [(r.variant.id, r.kak2c_qty) for r in plan.updates] == [(2, 4)]
+    assert [(v.id, d.publish) for v, d in plan.updates] == [(2, 4)]
     assert plan.counts["matched"] == 2
     assert plan.counts["changed"] == 1
 
@@ -111,7 +153,7 @@ def test_plan_skips_duplicates_unknown_stock_and_unmatched():
                 variant(4, "D", 2), variant(5, "E", 2), variant(6, None, 2)]
     plan = plan_updates(variants, index)
     assert plan.updates == []
-    reasons = {(r.barcode, r.variant.id if r.variant else None): r.reason for r in plan.rows()}
+    reasons = {(barcode, v.id if v else None): d.reason for barcode, v, _, d in plan.rows()}
     assert reasons == {
         ("A", 1): "duplicate in InSales", ("A", 2): "duplicate in InSales",
         ("C", 3): "unknown stock", ("D", 4): "duplicate in Kaktus", ("E", 5): "not in Kaktus",
@@ -121,6 +163,116 @@ def test_plan_skips_duplicates_unknown_stock_and_unmatched():
     assert (counts["insales_duplicate_barcodes"], counts["kak2c_duplicate_barcodes"]) == (1, 1)
     assert (counts["matched"], counts["unknown_stock"]) == (1, 1)
     assert (counts["unmatched_insales"], counts["unmatched_kak2c"]) == (1, 1)
+
+
+def test_report_rows_and_plan_come_from_the_same_decision():
+    """Every row the report shows as an update is one the plan writes, with the same figure."""
+    variants = [variant(i, f"B{i}", i % 4) for i in range(40)]
+    index = KaktusIndex({f"B{i}": (i * 7) % 5 for i in range(40)}, variants=40)
+    previous = {i: Track(i % 4 + 1, i % 4 + 1, (i * 7) % 5, ()) for i in range(0, 40, 3)}
+    plan = plan_updates(variants, index, previous, 1000.0, Rules(hold_window=HOUR))
+    from_rows = sorted((v.id, d.publish) for _, v, _, d in plan.rows() if d.action == "update")
+    assert from_rows == [(v.id, d.publish) for v, d in plan.updates]
+    assert plan.counts["changed"] == len(from_rows) > 0
+
+
+def test_buffer_keeps_units_back_never_below_zero():
+    """SYNC_STOCK_BUFFER publishes max(0, stock - buffer)."""
+    plan = plan_updates([variant(1, "A", 9), variant(2, "B", 9)], kaktus(kA=10, kB=1),
+                        rules=Rules(buffer=2))
+    assert [(v.id, d.publish) for v, d in plan.updates] == [(1, 8), (2, 0)]
+
+
+# --- holds: S is what the last run saw, R what it wrote or announced, Q what InSales says now ---
+
+def hold(track, quantity, stock, now=1000.0, window=HOUR):
+    return follow_holds(track, quantity, stock, now, window)
+
+
+def test_a_sale_is_held_until_kaktus_catches_up():
+    """Q < R and Q != S is a sale: R - Q units held; Kaktus falling by as much releases them."""
+    holds, events = hold(Track(10, 10, 10, ()), 8, 10)
+    assert holds == ((2, 1000.0),)
+    assert [e.kind for e in events] == ["sale"]
+    later, events = hold(Track(8, 8, 10, holds), 8, 8, now=1060.0)
+    assert later == ()
+    assert [(e.kind, e.units) for e in events] == [("caught up", 2)]
+
+
+def test_our_write_not_landed_or_landed_is_no_sale():
+    """Q = S (a write InSales queued, a run killed before writing) and Q = R are no sale."""
+    assert hold(Track(7, 10, 10, ()), 7, 10) == ((), ())
+    assert hold(Track(7, 10, 10, ()), 10, 10) == ((), ())
+
+
+def test_a_sale_right_after_our_upward_write_is_a_sale():
+    """We wrote 7 -> 10, a customer bought one: 9 is a sale of 1."""
+    holds, _ = hold(Track(7, 10, 10, ()), 9, 10)
+    assert holds == ((1, 1000.0),)
+
+
+def test_insales_rising_by_itself_releases_the_newest_holds():
+    """A cancelled order (Q > R, Q != S) releases up to Q - R units, newest first."""
+    track = Track(6, 6, 10, ((2, 100.0), (2, 500.0)))
+    holds, events = hold(track, 7, 10)
+    assert holds == ((2, 100.0), (1, 500.0))
+    assert [(e.kind, e.units) for e in events] == [("cancelled", 1)]
+
+
+def test_holds_expire_after_the_window():
+    """A hold older than SYNC_HOLD_MINUTES is dropped: Kaktus' figure wins again."""
+    track = Track(8, 8, 10, ((2, 1000.0),))
+    assert hold(track, 8, 10, now=1000.0 + HOUR - 1)[0] == ((2, 1000.0),)
+    holds, events = hold(track, 8, 10, now=1000.0 + HOUR)
+    assert holds == ()
+    assert [(e.kind, e.units) for e in events] == [("expired", 2)]
+
+
+def test_a_sale_kaktus_saw_in_the_same_minute_is_neither_held_nor_undone():
+    """InSales 10 -> 8 and Kaktus 10 -> 8 in one minute: held first, then released."""
+    track = Track(10, 10, 10, ())
+    decision = decide(variant(1, "A", 8), kaktus(kA=8), track, 1000.0, Rules(hold_window=HOUR))
+    assert (decision.action, decision.publish, decision.track.holds) == ("unchanged", 8, ())
+
+
+def test_restock_during_a_hold_publishes_stock_less_the_hold():
+    """10 -> 8 sold, Kaktus 10 -> 20 restocked: publish 18."""
+    decision = decide(variant(1, "A", 8), kaktus(kA=20), Track(10, 10, 10, ()), 1000.0,
+                      Rules(hold_window=HOUR))
+    assert (decision.action, decision.publish) == ("update", 18)
+    assert decision.reason.startswith("held: sale in flight (2 until ")
+    assert decision.track == Track(8, 18, 20, ((2, 1000.0),))
+
+
+def test_published_stock_is_never_below_zero():
+    """Holds larger than the stock publish 0, never a negative figure."""
+    decision = decide(variant(1, "A", 0), kaktus(kA=1), Track(5, 5, 5, ((4, 900.0),)), 1000.0,
+                      Rules(hold_window=HOUR))
+    assert decision.publish == 0
+
+
+def test_holds_off_syncs_plainly_but_keeps_following():
+    """SYNC_HOLD_MINUTES=0: Kaktus' figure every run; the track is still kept."""
+    decision = decide(variant(1, "A", 8), kaktus(kA=10), Track(10, 10, 10, ((1, 1.0),)), 1000.0,
+                      Rules(hold_window=0))
+    assert (decision.action, decision.publish) == ("update", 10)
+    assert decision.track == Track(8, 10, 10, ())
+
+
+def test_a_first_run_has_no_holds():
+    """Without a previous track nothing is a sale."""
+    decision = decide(variant(1, "A", 3), kaktus(kA=10), None, 1000.0, Rules(hold_window=HOUR))
+    assert (decision.publish, decision.track) == (10, Track(3, 10, 10, ()))
+
+
+def test_guard_counts_a_hold_that_zeroes_a_variant():
+    """The guard looks at the final plan: holds that take variants to 0 count as zeroing."""
+    variants = [variant(i, f"B{i}", 1) for i in range(12)]
+    index = KaktusIndex({f"B{i}": 2 for i in range(12)}, variants=12)
+    previous = {i: Track(2, 2, 2, ()) for i in range(12)}  # each sold one: Q=1, held 1 -> 1
+    plan = plan_updates(variants, index, previous, 1000.0, Rules(hold_window=HOUR, buffer=1))
+    assert plan.zeroed == 12
+    assert "12 of 12" in check_guard(plan, 0.5)
 
 
 def test_guard_refuses_an_empty_kaktus_catalogue():
@@ -153,7 +305,16 @@ def test_token_expiry_prefers_the_jwt_exp_claim():
     assert token_expiry("not-a-jwt", None, 1000.0) == 1000.0 + 14400
 
 
+def test_usage_header_is_read_only_when_sane():
+    """`used/limit` with a limit from 10 on; anything else is ignored."""
+    assert parse_usage("12/500") == (12, 500)
+    assert parse_usage(" 499 / 500 ") == (499, 500)
+    for header in (None, "", "1/1", "5/0", "abc", "600/500", "1/" + "9" * 30, "-1/500"):
+        assert parse_usage(header) is None
+
+
 def test_cursor_is_rewound_a_little():
     """Steps two seconds back from an InSales time, keeping its offset."""
     assert rewind("2026-11-28T10:00:00.500+03:00") == "2026-11-28T09:59:58.500+03:00"
     assert rewind("garbage") == "2000-01-01T00:00:00.000+00:00"
+    assert rewind("0001-01-01T00:00:00+00:00") == "2000-01-01T00:00:00.000+00:00"

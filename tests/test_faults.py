@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -113,11 +114,12 @@ def test_failed_login_exits_3_with_a_clear_line(box, run, status, body, words):
 def test_rate_limit_answers_are_waited_out(box, run, api, match, status):
     """429 and 503 with Retry-After, on reads and on writes: wait as told, then go on."""
     expected = plain_shop(box, products=30)
-    getattr(box, api).inject(match, status=status, body=b"", headers={"Retry-After": "1"})
+    getattr(box, api).inject(match, status=status, body=b"", headers={"Retry-After": "7"})
     result = run()
     assert result.code == 0
     assert shop_quantities(box) == expected
     assert "rate limit" in result.err
+    assert result.waits == [7.0]  # as Retry-After says, not the backoff
 
 
 def test_the_sandbox_rate_limiter_is_waited_out(box, run):
@@ -129,6 +131,7 @@ def test_the_sandbox_rate_limiter_is_waited_out(box, run):
     assert result.code == 0
     assert shop_quantities(box) == expected
     assert any(c["status"] == 429 for c in box.insales.log)
+    assert result.waits and all(0 < wait <= 2 for wait in result.waits)
 
 
 def test_retry_after_beyond_max_wait_gives_up_with_exit_3(box, run):
@@ -139,6 +142,7 @@ def test_retry_after_beyond_max_wait_gives_up_with_exit_3(box, run):
     result = run(SYNC_MAX_WAIT=5)
     assert_clean_failure(result, box)
     assert "SYNC_MAX_WAIT" in result.err
+    assert result.waits == []
 
 
 @pytest.mark.parametrize("fault", [
@@ -146,7 +150,7 @@ def test_retry_after_beyond_max_wait_gives_up_with_exit_3(box, run):
     {"status": 502, "body": "<html>Bad gateway</html>", "headers": {"Content-Type": "text/html"}},
     {"status": 504, "body": ""},
     {"reset": True},
-    {"hang": 3, "status": None},
+    {"hang": 1, "status": None},
 ])
 @pytest.mark.parametrize("api, match", [("insales", "GET /admin"), ("kak2c", "page=1"),
                                         ("insales", "PUT /admin")])
@@ -154,10 +158,11 @@ def test_passing_faults_are_retried(box, run, api, match, fault):
     """5xx with HTML, a connection reset and a read timeout are retried, and the sync finishes."""
     expected = plain_shop(box, products=150)
     getattr(box, api).inject(match, times=2, **fault)
-    result = run(SYNC_TIMEOUT=1)
+    result = run(SYNC_TIMEOUT=0.3)  # the one real wait here: a read timeout is a clock
     assert result.code == 0, result.err
     assert shop_quantities(box) == expected
     assert "retrying" in result.err
+    assert result.waits == [0.5, 1.0]
 
 
 @pytest.mark.parametrize("api, match", [("insales", "GET /admin"), ("kak2c", "GET /api")])
@@ -168,6 +173,7 @@ def test_a_fault_that_never_passes_exits_3_and_writes_nothing(box, run, api, mat
     result = run()
     assert_clean_failure(result, box)
     assert "giving up" in result.err
+    assert result.waits == [0.5, 1.0, 2.0, 4.0]  # 5 attempts, the backoff doubling
 
 
 def test_writes_that_never_pass_exit_3_when_nothing_was_written(box, run):
@@ -189,6 +195,46 @@ def test_usage_limit_near_the_maximum_slows_down_before_a_429(box, run):
     assert shop_quantities(box) == expected
     assert "slowing down" in result.err
     assert not any(c["status"] == 429 for c in box.insales.log)
+    assert result.waits and set(result.waits) == {300 / 500}  # 500 requests per 5 minutes
+
+
+def with_usage(header):
+    """A rewrite that puts this API-Usage-Limit header on every InSales answer."""
+    def rewrite(request, status, headers, body):
+        return status, {**headers, "API-Usage-Limit": header}, body
+    return rewrite
+
+
+@pytest.mark.parametrize("header", ["1/1", "0/0", "abc", "9/5", "1/99999999999"])
+def test_an_insane_usage_header_is_ignored(box, run, header):
+    """API-Usage-Limit that is not used/limit with a sane limit never makes the run wait."""
+    expected = plain_shop(box, products=30)
+    box.insales.rewrite = with_usage(header)
+    result = run()
+    assert (result.code, result.waits) == (0, [])
+    assert shop_quantities(box) == expected
+
+
+def test_usage_pacing_never_waits_longer_than_max_wait_in_a_run(box, run):
+    """A budget that stays nearly spent paces the run for SYNC_MAX_WAIT at most, all told."""
+    expected = plain_shop(box, products=30)
+    for n in range(300):
+        add_pair(box, f"U{n:03d}", 0, 1)
+    box.insales.rewrite = with_usage("499/500")
+    result = run(SYNC_MAX_WAIT=2)
+    assert result.code == 0
+    assert shop_quantities(box) == {**expected, **{f"U{n:03d}": 1 for n in range(300)}}
+    assert result.waits == [0.6, 0.6, 0.6]  # then no more: 2.4 s would pass SYNC_MAX_WAIT
+
+
+def test_retry_after_is_slept_for_real_by_default(box, env, tmp_path):
+    """Without an injected sleep, a 429's Retry-After is waited out on the real clock."""
+    plain_shop(box, products=5)
+    box.insales.inject("GET /admin/products.json", status=429, headers={"Retry-After": "1"})
+    (tmp_path / "empty.env").write_text("")
+    started = time.monotonic()
+    assert sync_stock.main(["--env-file", str(tmp_path / "empty.env"), "-q"]) == 0
+    assert time.monotonic() - started >= 1.0
 
 
 # --- bad answers ------------------------------------------------------------------------------
@@ -239,15 +285,34 @@ def test_single_malformed_records_are_skipped_and_counted(box, run):
     assert result.summary["updated"] == 1
 
 
-@pytest.mark.parametrize("knob", ["repeat_first_page", "inflate_total"])
-def test_inconsistent_kaktus_catalogue_ends_the_walk_and_writes_nothing(box, run, knob):
-    """A Kaktus that repeats its pages or claims more than it has: no loop, exit 3, no write."""
+@pytest.mark.parametrize("knob, value, words", [
+    ("repeat_first_page", True, "page already read"),
+    ("inflate_total", 500, "inconsistent"),
+    ("inflate_total", 10**30, "inconsistent"),
+    ("inflate_total", 10**400, "inconsistent"),
+])
+def test_inconsistent_kaktus_catalogue_is_noticed_within_a_few_requests(box, run, knob, value,
+                                                                         words):
+    """A Kaktus that repeats its pages or claims more than it holds (even 10**400): exit 3, no
+    write, noticed within page 0 plus two rounds of the fetch threads of the first bad page."""
     plain_shop(box)
-    setattr(box.kak2c, knob, True if knob == "repeat_first_page" else 500)
+    setattr(box.kak2c, knob, value)
     result = run()
     assert_clean_failure(result, box)
-    assert "inconsistent" in result.err
-    assert len(box.kak2c.calls("GET")) <= 16
+    assert words in result.err
+    first_bad = 1 if knob == "repeat_first_page" else 4  # 350 products: pages 0-3 are real
+    assert len(box.kak2c.calls("GET")) <= first_bad + 2 * sync_stock.KAK2C_THREADS
+
+
+def test_a_kaktus_that_ignores_page_with_a_huge_total_stops_at_once(box, run):
+    """recordsTotal 1,000,000 and the same page whatever is asked: 9 requests at most, not
+    10,000, and memory bounded by the look-ahead."""
+    plain_shop(box)
+    box.kak2c.repeat_first_page = True
+    box.kak2c.inflate_total = 1_000_000
+    result = run()
+    assert_clean_failure(result, box)
+    assert len(box.kak2c.calls("GET")) <= 1 + 2 * sync_stock.KAK2C_THREADS
 
 
 def test_insales_walk_that_does_not_advance_exits_3(box, run):
@@ -365,8 +430,8 @@ def test_a_kaktus_outage_mid_walk_does_not_retry_every_remaining_page(box, run):
     assert_clean_failure(result, box)
     # page 0; then, of the 30, the pages in the threads' hands when page 1 failed for good and
     # the next one each thread took up as it came free: no more, each tried 5 times
-    threads = sync_stock.KAK2C_THREADS
-    assert len(box.kak2c.calls("GET")) <= 1 + 2 * threads * sync_stock.ATTEMPTS  # of 1 + 30 x 5
+    threads, attempts = sync_stock.KAK2C_THREADS, sync_stock.RetryPolicy().attempts
+    assert len(box.kak2c.calls("GET")) <= 1 + 2 * threads * attempts  # of 1 + 30 x 5
 
 
 def test_an_insales_failure_stops_the_kaktus_pages_still_to_come(box, run):
@@ -380,12 +445,13 @@ def test_an_insales_failure_stops_the_kaktus_pages_still_to_come(box, run):
     assert len(box.kak2c.calls("GET")) < 30 // 2  # of the 30 pages
 
 
-def test_an_unwritable_token_cache_is_a_clear_error(box, run, tmp_path):
-    """A token cache in a folder that cannot be written: one line naming the setting."""
+@pytest.mark.parametrize("setting", ["KAK2C_TOKEN_FILE", "SYNC_STATE_FILE"])
+def test_an_unwritable_file_is_a_config_error_before_any_request(box, run, tmp_path, setting):
+    """A token cache or state in a folder that cannot be written: exit 2, nothing sent."""
     add_pair(box, "TC1", 0, 1)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    result = run(KAK2C_TOKEN_FILE=blocker / "token")
+    result = run(**{setting: blocker / "file"})
     assert result.code == 2
-    assert "KAK2C_TOKEN_FILE" in result.err and "Traceback" not in result.err
-    assert writes(box) == []
+    assert setting in result.err and "Traceback" not in result.err
+    assert box.insales.log == [] and box.kak2c.log == []

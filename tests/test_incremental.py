@@ -26,7 +26,7 @@ def test_incremental_run_reads_only_what_changed(box, run, env):
     assert second.summary["requests"]["insales"] == 1
     assert second.summary["insales_variants"] == 600  # the summary covers the whole catalogue
     assert second.summary["changed"] == 0
-    cursor = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())["cursor"]
+    cursor = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())["catalogue"]["cursor"]
     assert products_reads(box)[-1]["query"]["updated_since"] < cursor[0]
 
 
@@ -65,24 +65,30 @@ def test_full_walk_every_full_every_minutes_drops_deleted_products(box, run, env
     assert run(SYNC_MODE="incremental").summary["insales_variants"] == 300
     path = env["SYNC_STATE_FILE"]
     state = json.loads(Path(path).read_text())
-    state["full_walk_at"] -= 61 * 60
+    state["catalogue"]["full_walk_at"] -= 61 * 60
     with open(path, "w") as out:
         json.dump(state, out)
     result = run(SYNC_MODE="incremental", SYNC_FULL_EVERY=60)
     assert (result.summary["mode"], result.summary["insales_variants"]) == ("full", 299)
 
 
-def test_missing_corrupt_or_foreign_state_means_a_full_walk(box, run, env):
-    """A state that is unreadable or belongs to another shop is not trusted."""
+def test_missing_corrupt_old_or_foreign_state_means_a_full_walk(box, run, env):
+    """A state that is unreadable, of an older version or of another shop is not trusted."""
     add_pair(box, "S1", 0, 1)
-    path = env["SYNC_STATE_FILE"]
-    for content in ("{broken", json.dumps({"shop": "https://other.example#quantity",
-                                          "variants": [], "cursor": ["x", 0],
-                                          "full_walk_at": 0, "products": 0})):
-        with open(path, "w") as out:
-            out.write(content)
+    path = Path(env["SYNC_STATE_FILE"])
+    assert run(SYNC_MODE="incremental").summary["mode"] == "full"
+    good = json.loads(path.read_text())
+    foreign = {**good, "shop": "https://other.example#quantity"}
+    old = {"shop": good["shop"], "variants": [[1, 2, "S1", 0, "t"]], "cursor": ["x", 0],
+           "full_walk_at": 0, "walked_at": 0, "products": 1}  # version 1, without a version
+    wrong_types = json.loads(json.dumps(good))
+    wrong_types["catalogue"]["variants"]["quantity"] = ["seven"]
+    for content in ("{broken", "[" * 5000, json.dumps(foreign), json.dumps(old),
+                    json.dumps(wrong_types), ""):
+        path.write_text(content)
         result = run(SYNC_MODE="incremental")
         assert (result.code, result.summary["mode"]) == (0, "full")
+        assert "Traceback" not in result.err
     assert shop_quantities(box) == {"S1": 1}
 
 
@@ -105,15 +111,15 @@ def test_written_quantities_are_recorded_in_the_state(box, run, env):
     """After a write, the state holds the quantity InSales accepted."""
     variant_id = add_pair(box, "W1", 0, 6)
     run(SYNC_MODE="incremental")
-    state = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())
-    assert [row[3] for row in state["variants"] if row[0] == variant_id] == [6]
+    variants = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())["catalogue"]["variants"]
+    assert variants["quantity"][variants["id"].index(variant_id)] == 6
 
 
-def test_auto_mode_keeps_small_shops_on_full_walks_without_state(box, run, env):
-    """SYNC_MODE=auto walks a small shop whole every run and keeps no state."""
-    import os
-
+def test_auto_mode_keeps_small_shops_on_full_walks_without_a_catalogue(box, run, env):
+    """SYNC_MODE=auto walks a small shop whole every run; its state keeps holds, no catalogue."""
     sandbox.fill_sample(box, products=30, quirks=False)
     assert run().summary["mode"] == "full"
     assert run().summary["mode"] == "full"
-    assert not os.path.exists(env["SYNC_STATE_FILE"])
+    state = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())
+    assert state["catalogue"] is None
+    assert len(state["tracks"]["id"]) == 90
