@@ -93,7 +93,8 @@ class Emulator:
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"emulator": self})
         self.server = _Server(("127.0.0.1", 0), handler)
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        # A short poll: shutdown() waits for it, once per emulator per test.
+        threading.Thread(target=self.server.serve_forever, args=(0.005,), daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def stop(self) -> None:
@@ -239,6 +240,8 @@ class InSales(Emulator):
         self.rate_limit, self.rate_window, self.rate_status = 500, 300.0, 429
         self.window_start, self.used = 0.0, 0
         self.group_answer = "statuses"  # or "empty": the update was queued
+        self.queue_writes = False       # answer [] and apply the writes only at apply_queued()
+        self.queued: list = []
         self._ids = iter(range(100_001, 10**9))
         self._order: list | None = None  # sorted (updated_ms, id), rebuilt after changes
 
@@ -387,14 +390,26 @@ class InSales(Emulator):
             ok = isinstance(item, dict) and item.get("id") in self.variant_product
             fields = {k: v for k, v in item.items() if k != "id"} if ok else {}
             ok = ok and fields and all(self._valid_field(k, v) for k, v in fields.items())
-            if ok:
-                variant = self.variant(item["id"])
-                for key, value in fields.items():
-                    variant[key] = value if key == "quantity" else f"{value}.0"
-                self.touch(variant["product_id"])
+            if ok and self.queue_writes:
+                self.queued.append((item["id"], fields))
+            elif ok:
+                self._apply(item["id"], fields)
             answer.append({"id": item.get("id") if isinstance(item, dict) else None,
                            "status": "ok" if ok else "error"})
-        return 200, answer if self.group_answer == "statuses" else []
+        return 200, answer if self.group_answer == "statuses" and not self.queue_writes else []
+
+    def _apply(self, variant_id: int, fields: dict) -> None:
+        variant = self.variant(variant_id)
+        for key, value in fields.items():
+            variant[key] = value if key == "quantity" else f"{value}.0"
+        self.touch(variant["product_id"])
+
+    def apply_queued(self) -> None:
+        """Apply the writes InSales queued, as it does a little later."""
+        with self.lock:
+            for variant_id, fields in self.queued:
+                self._apply(variant_id, fields)
+            self.queued.clear()
 
     def _valid_field(self, key: str, value) -> bool:
         indexes = {f"quantity_at_warehouse{w['array_index']}" for w in self.warehouses}

@@ -618,8 +618,9 @@ class KaktusToken:
         answer = self.api.request("POST", "/api/lite/auth", data=self.credentials,
                                   headers={"Content-Type": "application/json"})
         if answer.status in (401, 403):
-            raise UpstreamError(f"Kaktus rejected the credentials (HTTP {answer.status}); "
-                                "check KAK2C_CREDENTIALS_FILE or KAK2C_LOGIN/KAK2C_PASSWORD")
+            raise UpstreamError(f"Kaktus rejected the credentials (HTTP {answer.status}"
+                                f"{error_detail(answer)}); check KAK2C_CREDENTIALS_FILE or "
+                                "KAK2C_LOGIN/KAK2C_PASSWORD (and KAK2C_DOMAIN)")
         body = parse_json(answer, "Kaktus login", dict)
         token = body.get("access_token")
         if not isinstance(token, str) or not token.strip():
