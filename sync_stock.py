@@ -14,6 +14,7 @@ import base64
 import csv
 import email.utils
 import fcntl
+import functools
 import gc
 import hashlib
 import heapq
@@ -23,6 +24,7 @@ import json
 import logging
 import logging.handlers
 import math
+import operator
 import os
 import re
 import sys
@@ -790,8 +792,10 @@ def fetch_ahead(fetch: Callable[[int], Answer], pages: Iterable[int], first: byt
     return answers, None
 
 
-def _digest(body: bytes) -> bytes:
-    return hashlib.blake2b(body, digest_size=16).digest()
+def _digest(body: bytes) -> tuple:
+    """What tells a repeated page: its length and its ends (the first product's id is near the
+    start). Hashing every byte of a big catalogue would cost more than parsing a fifth of it."""
+    return len(body), body[:4096], body[-4096:]
 
 
 def is_empty_page(answer: Answer, number: int) -> bool:
@@ -876,6 +880,14 @@ class Variant(NamedTuple):
     title: str
 
 
+def _as(kind: type) -> Callable:
+    """Build `kind` tuples from plain ones at C speed (a NamedTuple's own __new__ is Python)."""
+    return functools.partial(tuple.__new__, kind)
+
+
+new_variant = _as(Variant)
+
+
 def parse_insales_product(product, quantity_field: str) -> list | None:
     """Return a product's variants as Variant tuples, or None for a malformed product."""
     if not isinstance(product, dict) or type(product.get("id")) is not int:  # noqa: E721
@@ -890,10 +902,10 @@ def parse_insales_product(product, quantity_field: str) -> list | None:
         if not isinstance(variant, dict) or type(variant.get("id")) is not int:  # noqa: E721
             return None
         name = variant.get("title")
-        result.append(Variant(
+        result.append(new_variant((
             variant["id"], product["id"], normalize_barcode(variant.get("barcode")),
             to_quantity(variant.get(quantity_field)),
-            f"{title} / {name}" if isinstance(name, str) and name and name != title else title))
+            f"{title} / {name}" if isinstance(name, str) and name and name != title else title)))
     return result
 
 
@@ -953,6 +965,8 @@ def normalize_barcode(value) -> str | None:
         if type(value) is not int:  # noqa: E721
             return None
         value = str(value)
+    if value.isdigit() and value.isascii():  # a clean GTIN, the common case
+        return value.zfill(14)
     text = value.strip()
     if not text:
         return None
@@ -999,6 +1013,14 @@ def parse_stock(record: dict, terms: tuple) -> int | None:
     if not isinstance(stock, list):
         return None
     total = 0
+    if len(terms) == 1:  # one field, the common setting: the fast way
+        name = terms[0][1]
+        for entry in stock:
+            quantity = to_quantity(entry.get(name)) if isinstance(entry, dict) else None
+            if quantity is None:
+                return None
+            total += quantity
+        return max(total, 0) if total <= MAX_COUNT else None
     for entry in stock:
         if not isinstance(entry, dict):
             return None
@@ -1117,19 +1139,15 @@ def decide(variant: Variant, kak2c: KaktusIndex, track: Track | None, now: float
     if quantity is None:  # unreadable in InSales: Kaktus' figure, nothing to follow
         publish = max(0, stock - rules.buffer)
         return Decision("update", "update", "stock differs", publish)
-    # Nothing moved since the last run: the common case, made cheap.
-    steady = track is not None and track.stock == stock and track.seen == quantity \
-        and track.announced == quantity and not track.holds
-    holds, events = ((), ()) if steady else follow_holds(track, quantity, stock, now,
-                                                         rules.hold_window)
-    held = sum(units for units, _ in holds) if holds else 0
-    publish = max(0, stock - held - rules.buffer)
-    if publish == quantity:
-        kept = track if steady else Track(quantity, quantity, stock, holds)
-        reason = f"held: sale in flight ({hold_text(holds, rules)})" if held else "same stock"
-        return Decision("same", "unchanged", reason, publish, kept, events)
-    reason = f"held: sale in flight ({hold_text(holds, rules)})" if held else "stock differs"
-    return Decision("update", "update", reason, publish, Track(quantity, publish, stock, holds),
+    holds, events = follow_holds(track, quantity, stock, now, rules.hold_window)
+    publish = max(0, stock - sum(units for units, _ in holds) - rules.buffer)
+    rule, action = ("same", "unchanged") if publish == quantity else ("update", "update")
+    if holds:
+        reason = f"held: sale in flight ({hold_text(holds, rules)})"
+    else:
+        reason = "same stock" if rule == "same" else "stock differs"
+    announced = publish if rule == "update" else quantity
+    return Decision(rule, action, reason, publish, Track(quantity, announced, stock, holds),
                     events)
 
 
@@ -1150,14 +1168,15 @@ class KaktusIndex:
     with_barcode: int = 0
     unknown: int = 0
     skipped: int = 0
-    first_variant: dict | None = None   # for the warnings: keys actually seen
-    first_unknown: dict | None = None
+    first_variant: dict | None = None   # for the warnings: the first without a barcode,
+    first_unknown: dict | None = None   # the first with unknown stock: keys actually seen
 
 
 def index_kak2c(pages: Iterable[list], terms: tuple) -> KaktusIndex:
     """Index Kaktus variants by barcode, in both shapes: product->variants and one per product."""
     index = KaktusIndex()
     quantities, duplicates = index.quantities, index.duplicates
+    variants = without_barcode = 0  # locals: the loop runs 100,000 times
     for products in pages:
         for product in products:
             if not isinstance(product, dict):
@@ -1167,21 +1186,22 @@ def index_kak2c(pages: Iterable[list], terms: tuple) -> KaktusIndex:
                 if not isinstance(variant, dict):
                     index.skipped += 1
                     continue
-                index.variants += 1
-                if index.first_variant is None:
-                    index.first_variant = variant
+                variants += 1
                 quantity = parse_stock(variant, terms)
                 if quantity is None:
                     index.unknown += 1
                     index.first_unknown = index.first_unknown or variant
                 codes = parse_barcodes(variant)
-                index.with_barcode += bool(codes)
+                if not codes:
+                    without_barcode += 1
+                    index.first_variant = index.first_variant or variant
                 for barcode in codes:
                     if barcode in quantities:  # it stays there until all pages are in
                         duplicates.add(barcode)
                     quantities[barcode] = quantity
     for barcode in duplicates:
         quantities.pop(barcode, None)
+    index.variants, index.with_barcode = variants, variants - without_barcode
     return index
 
 
@@ -1243,10 +1263,21 @@ def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: di
     unique, shared, coded = split_duplicates(variants)
     tally = dict.fromkeys(("update", "same", "unknown", "not_in_kak2c", "duplicate_kak2c"), 0)
     updates, tracks, held, events, stocked, zeroed = [], {}, [], [], 0, 0
+    quantities = kak2c.quantities
+    # Within a run, decide() of a variant with a known stock depends on (quantity, stock,
+    # track) alone, and a catalogue has few such triples: look its answer up rather than
+    # decide it again for each of 100,000 variants.
+    table: dict = {}
     # One pass in the catalogue's own order: walking a set of barcodes instead jumps around
     # memory, which at 100,000 variants costs more than this whole loop.
     for variant in unique.values():
-        decision = decide(variant, kak2c, previous.get(variant.id), now, rules)
+        track, stock = previous.get(variant.id), quantities.get(variant.barcode)
+        key = (variant.quantity, stock, track)
+        decision = table.get(key)
+        if decision is None:
+            decision = decide(variant, kak2c, track, now, rules)
+            if stock is not None:  # a missing or unknown stock is the barcode's own case
+                table[key] = decision
         tally[decision.rule] += 1
         if decision.track is not None:
             tracks[variant.id] = decision.track
@@ -1270,17 +1301,13 @@ def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: di
         "matched": tally["update"] + tally["same"] + tally["unknown"],
         "changed": tally["update"],
         "unmatched_insales": tally["not_in_kak2c"],
-        "unmatched_kak2c": len(quantities_only(kak2c, unique, shared)),
+        "unmatched_kak2c": len(quantities.keys() - unique.keys() - shared.keys()),
         "unknown_stock": tally["unknown"],
         "held_variants": len(held),
         "held_units": sum(units for _, d in held for units, _ in d.track.holds),
     }
     return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kak2c,
                 previous, now, rules)
-
-
-def quantities_only(kak2c: KaktusIndex, unique: dict, shared: dict) -> set:
-    return kak2c.quantities.keys() - unique.keys() - shared.keys()
 
 
 def check_guard(plan: Plan, share: float) -> str | None:
@@ -1298,7 +1325,7 @@ def data_warnings(plan: Plan, settings: Settings) -> list:
     """Say what in the data looks unlike a working setup, naming what to look at."""
     kak2c, counts, warnings = plan.kak2c, plan.counts, []
     if kak2c.variants and not kak2c.with_barcode:
-        keys = ", ".join(sorted(map(str, kak2c.first_variant or {}))) or "-"
+        keys = ", ".join(sorted(map(str, kak2c.first_variant or {}))) or "-"  # none has one
         warnings.append(f"none of the {kak2c.variants} Kaktus variants carries a barcode; keys "
                         f"seen on a variant: {keys}; understood: barcode (text), barcodes (list "
                         "of texts, or of objects with barcode, value or code)")
@@ -1385,21 +1412,10 @@ def shop_key(settings: Settings) -> str:
     return f"{settings.insales_url}#{settings.quantity_field}"
 
 
-def _is_int(value) -> bool:
-    return type(value) is int  # noqa: E721 - bool is no count
-
-
-def _is_int_or_none(value) -> bool:
-    return value is None or type(value) is int  # noqa: E721
-
-
-def _is_text_or_none(value) -> bool:
-    return value is None or type(value) is str  # noqa: E721
-
-
-TRACK_COLUMNS = {"id": _is_int, "seen": _is_int, "announced": _is_int, "stock": _is_int}
-VARIANT_COLUMNS = {"id": _is_int, "product_id": _is_int, "barcode": _is_text_or_none,
-                   "quantity": _is_int_or_none, "title": _is_text_or_none}
+# The state's tables as named columns, with the types each column may hold.
+TRACK_COLUMNS = {"id": {int}, "seen": {int}, "announced": {int}, "stock": {int}}
+VARIANT_COLUMNS = {"id": {int}, "product_id": {int}, "barcode": {str, type(None)},
+                   "quantity": {int, type(None)}, "title": {str}}
 
 
 def load_state(settings: Settings) -> State | None:
@@ -1417,15 +1433,16 @@ def load_state(settings: Settings) -> State | None:
             log.info("%s is of another shop or quantity field; starting afresh",
                      settings.state_file)
             return None
-        holds = {int(key): _read_holds(value) for key, value in data["holds"].items()}
-        tracks = {row[0]: Track(row[1], row[2], row[3], holds.get(row[0], ()))
-                  for row in _read_columns(data["tracks"], TRACK_COLUMNS)}
+        ids, *columns = _read_columns(data["tracks"], TRACK_COLUMNS)
+        tracks = dict(zip(ids, map(_as(Track), zip(*columns, itertools.repeat(())))))
+        for key, value in data["holds"].items():
+            tracks[int(key)] = tracks[int(key)]._replace(holds=_read_holds(value))
         catalogue = data["catalogue"]
         if catalogue is not None:
-            variants = {row[0]: Variant(*row)
-                        for row in _read_columns(catalogue["variants"], VARIANT_COLUMNS)}
+            columns = _read_columns(catalogue["variants"], VARIANT_COLUMNS)
+            variants = dict(zip(columns[0], map(new_variant, zip(*columns))))
             since, from_id = catalogue["cursor"]
-            if not isinstance(since, str) or not _is_int(from_id):
+            if not isinstance(since, str) or type(from_id) is not int:
                 raise ValueError("cursor")
             catalogue = InSalesCatalogue(variants, (since, from_id),
                                          float(catalogue["full_walk_at"]),
@@ -1437,31 +1454,32 @@ def load_state(settings: Settings) -> State | None:
         return None
 
 
-def _read_columns(table: dict, columns: dict) -> Iterator[tuple]:
-    """Rows from a table stored as named columns, each value checked for its type."""
+def _read_columns(table: dict, columns: dict) -> list:
+    """The columns of a table stored by name, each checked for length and the types of its
+    values."""
     values = [table[name] for name in columns]
     if not all(isinstance(column, list) and len(column) == len(values[0]) for column in values):
         raise ValueError("columns of different lengths")
-    for column, valid in zip(values, columns.values()):
-        if not all(map(valid, column)):
+    for column, kinds in zip(values, columns.values()):
+        if not set(map(type, column)) <= kinds:
             raise ValueError("a value of the wrong type")
-    return zip(*values)
+    return values
 
 
 def _read_holds(value) -> tuple:
     holds = tuple((units, float(at)) for units, at in value)
-    if not all(_is_int(units) and units > 0 and math.isfinite(at) for units, at in holds):
+    if not all(type(units) is int and units > 0 and math.isfinite(at) for units, at in holds):
         raise ValueError("holds")
     return holds
 
 
 def save_state(settings: Settings, tracks: dict, catalogue: InSalesCatalogue | None) -> None:
     """Keep the tracks (and the catalogue, in incremental mode) for the next run, atomically."""
-    seen, announced, stock, _ = zip(*tracks.values()) if tracks else ((), (), (), ())
+    rows = tracks.values()
     state = {
         "version": STATE_VERSION, "shop": shop_key(settings),
-        "tracks": {"id": list(tracks), "seen": list(seen), "announced": list(announced),
-                   "stock": list(stock)},
+        "tracks": {"id": list(tracks), **{name: list(map(operator.itemgetter(i), rows))
+                                          for i, name in enumerate(Track._fields[:3])}},
         "holds": {str(i): [list(hold) for hold in t.holds] for i, t in tracks.items() if t.holds},
         "catalogue": None,
     }
@@ -1603,8 +1621,7 @@ def format_metrics(shop: str, summary: dict, exit_code: int, now: float,
 
     def metric(name, text, samples):
         lines.extend((f"# HELP {name} {text}", f"# TYPE {name} gauge"))
-        lines.extend(f"{name}{{{label}{extra}}} {value:g}" if isinstance(value, float)
-                     else f"{name}{{{label}{extra}}} {value}" for extra, value in samples)
+        lines.extend(f"{name}{{{label}{extra}}} {value}" for extra, value in samples)
 
     metric("sync_stock_last_run_timestamp_seconds", "When the last run ended, Unix time.",
            [("", round(now, 3))])
@@ -1673,11 +1690,13 @@ class Options:
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """Pause the cyclic collector: the catalogue is hundreds of thousands of small acyclic
-    objects, and rescanning them as they pile up cost a third of a big run's CPU."""
+    objects, and rescanning them as they pile up cost a third of a big run's CPU. Freeze them on
+    the way out, or the first collection after would scan them all once more."""
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         gc.enable()
 
 
@@ -1698,20 +1717,19 @@ def fetch_catalogues(settings: Settings, insales: Api, kak2c: Api,
         return reading.result(), index
 
 
+@paused_gc()
 def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api) -> SyncResult:
     """Read both catalogues, plan, guard and write: one whole sync."""
     state = load_state(settings)
     full = needs_full_walk(settings, state)
     progress = Progress(options.progress)
-    rules = Rules(settings.stock_buffer, settings.hold_minutes * 60)
-    with paused_gc():
-        try:
-            catalogue, index = fetch_catalogues(settings, insales, kak2c,
-                                                None if full else state.catalogue, progress)
-        finally:
-            progress.close()
-        plan = plan_updates(catalogue.variants.values(), index, state.tracks if state else {},
-                            time.time(), rules)
+    try:
+        catalogue, index = fetch_catalogues(settings, insales, kak2c,
+                                            None if full else state.catalogue, progress)
+    finally:
+        progress.close()
+    plan = plan_updates(catalogue.variants.values(), index, state.tracks if state else {},
+                        time.time(), Rules(settings.stock_buffer, settings.hold_minutes * 60))
     for variant, event in plan.events:
         log.debug("hold %s: barcode %s, variant %s (%s): %d units", event.kind, variant.barcode,
                   variant.id, variant.title[:50], event.units)

@@ -12,9 +12,12 @@ Scenarios:
   numbered, so once page 0 gives recordsTotal the rest go 4 at a time: 1 + ceil((pages-1)/4).
 - naive: the original design on the same catalogue: page-numbered reads, one after another,
   and every matched variant written in one call, every run.
-- scale: 25,000 products x 4 variants on each side, no latency; the client's CPU time (in this
-  process, best of three) against json.loads alone on the same response bodies, with the share
-  of its HTTP client measured apart; and its peak RSS.
+- scale: 25,000 products x 4 variants on each side, no latency, a full walk in steady state (a
+  first run wrote what differed; the measured runs find nothing to write but load and save the
+  state, holds included); the client's CPU time (in this process, best of three) against
+  json.loads alone on the same response bodies, with the share of its HTTP client measured
+  apart; its peak RSS; and the state file's load and save, against the same rows kept in SQLite
+  (load them all, update the 1% that changed), which is how the state's format was chosen.
 - budget: 30 simulated minutes (the sandbox clock moves 60 s a run, and so does the state's
   age) of a 100,000-variant shop in incremental mode, with Kaktus stock moving every minute;
   the share of InSales' 500 requests / 5 minutes used in the busiest 5-minute window.
@@ -29,6 +32,8 @@ import itertools
 import json
 import math
 import os
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -140,14 +145,14 @@ def run_naive(box) -> dict:
         counts["insales"] += 1
         chunk = requests.get(f"{box.insales.url}/admin/products.json", auth=auth, timeout=60,
                              params={"page": page, "per_page": 250}).json()
-        variants += [v for p in chunk for v in sync_stock.read_insales_product(p, "quantity")]
+        variants += [v for p in chunk for v in sync_stock.parse_insales_product(p, "quantity")]
         if len(chunk) < 250:
             break
         page += 1
     bodies = fetch_kak2c_bodies(box.kak2c.url, box.kak2c.login, box.kak2c.password)
     counts["kak2c"] += 1 + len(bodies)
     pages = [json.loads(body)["products"] for body in bodies]
-    index = sync_stock.index_kak2c(pages, "stockTotal")
+    index = sync_stock.index_kak2c(pages, sync_stock.parse_stock_expression("stockTotal"))
     matched = [{"id": v.id, "quantity": index.quantities[v.barcode]} for v in variants
                if index.quantities.get(v.barcode) is not None]
     counts["insales"] += 1
@@ -168,25 +173,89 @@ def scenario_scale(products: int, sizes: int, folder: str) -> dict:
     try:
         env = json.loads(server.stdout.readline())
         env.update(KAK2C_TOKEN_FILE=f"{folder}/scale_token", SYNC_LOCK_FILE=f"{folder}/scale.lock",
-                   SYNC_MODE="full")
-        ours = run_client(env, "--dry-run")  # a child of its own, for its peak RSS
+                   SYNC_STATE_FILE=f"{folder}/scale_state.json", SYNC_MODE="full")
+        run_client(env)  # the first install: writes what differs, keeps the state
+        ours = run_client(env)  # steady state, a child of its own for its peak RSS
         bodies, walk = fetch_bodies(env)
         # CPU time here, without interpreter start-up; the best of three, as this machine's
         # other work only ever adds to a figure
-        cpu = min(run_in_process(env, "--dry-run") for _ in range(3))
+        cpu = min(run_in_process(env) for _ in range(3))
         http = min(http_client_cpu(env, walk, len(bodies) - len(walk)) for _ in range(3))
-        loads = min(json_loads_cpu(bodies) for _ in range(3))
+        settings = sync_stock.load_settings(env)
+        # Pairs taken one right after the other, and the median of their ratios: whatever else
+        # this machine does weighs on both halves of a pair alike.
+        pairs = [(pipeline_cpu(settings, bodies[:len(walk)], bodies[len(walk):]),
+                  json_loads_cpu(bodies)) for _ in range(7)]
+        ratios = sorted(ours / theirs for ours, theirs in pairs)
+        pipeline, loads = (min(side) for side in zip(*pairs))
+        stores = compare_state_stores(settings)
     finally:
         server.terminate()
         server.wait()
     ours["cpu_s"] = cpu
-    note = (f"{products * sizes} variants, {sum(map(len, bodies)) / 1e6:.0f} MB of JSON; "
-            f"json.loads alone {loads:.2f} s CPU, the run {cpu:.2f} s: {cpu / loads:.2f}x; "
-            f"of the run, {http:.2f} s is the HTTP client (requests, urllib3) sending "
-            f"{len(bodies)} requests and receiving their bodies, so parse, index, join and plan "
-            f"take {(cpu - http) / loads:.2f}x; peak RSS {ours['rss_mb']:.0f} MB, "
-            f"{ours['rss_mb'] / 400:.2f}x the 400 MB allowed")
-    return row("scale, no latency", ours, "0 (dry run)", note=note)
+    note = (f"{products * sizes} variants, {sum(map(len, bodies)) / 1e6:.0f} MB of JSON in "
+            f"{len(bodies)} answers; json.loads alone {loads:.2f} s CPU; parse, index, join, "
+            f"plan and state {pipeline:.2f} s: {statistics.median(ratios):.2f}x (median of 7 "
+            f"pairs; {ratios[0]:.2f}-{ratios[-1]:.2f}); the whole run in this "
+            f"process {cpu:.2f} s ({cpu / loads:.2f}x), of which the HTTP client (requests, "
+            f"urllib3, its threads) {http:.2f} s; peak RSS {ours['rss_mb']:.0f} MB, "
+            f"{ours['rss_mb'] / 400:.2f}x the 400 MB allowed; {stores}")
+    return row("scale, no latency", ours, f"{ours['updated']} (steady state)", note=note)
+
+
+def pipeline_cpu(settings, insales_bodies: list, kak2c_bodies: list) -> float:
+    """CPU of parse, index, join, plan and state on bodies already received, in one thread as
+    the run does them (cyclic GC paused): what the 2x json.loads target is about, free of the
+    HTTP client's and the threads' share, which this machine's load makes vary most."""
+    rules = sync_stock.Rules(settings.stock_buffer, settings.hold_minutes * 60)
+    started = time.process_time()
+    with sync_stock.paused_gc():
+        variants = [variant for body in insales_bodies for product in json.loads(body)
+                    for variant in sync_stock.parse_insales_product(product, "quantity")]
+        index = sync_stock.index_kak2c((json.loads(body)["products"] for body in kak2c_bodies),
+                                       settings.stock_terms)
+        state = sync_stock.load_state(settings)
+        plan = sync_stock.plan_updates(variants, index, state.tracks, time.time(), rules)
+        sync_stock.save_state(settings, plan.tracks, None)
+    return time.process_time() - started
+
+
+def compare_state_stores(settings) -> str:
+    """CPU of the state as kept (a JSON file, rewritten whole) against the same rows in SQLite
+    (rows updated in place), each loading every track and writing the 1% that changed: what one
+    run pays for each, best of three."""
+    tracks = sync_stock.load_state(settings).tracks
+    moved = {i: t._replace(seen=t.seen + 1) for i, t in list(tracks.items())[::100]}
+
+    def as_json() -> float:
+        started = time.process_time()
+        loaded = sync_stock.load_state(settings).tracks
+        sync_stock.save_state(settings, {**loaded, **moved}, None)
+        return time.process_time() - started
+
+    with tempfile.TemporaryDirectory() as folder:
+        database = sqlite3.connect(Path(folder) / "state.sqlite3")
+        database.execute("CREATE TABLE tracks (id INTEGER PRIMARY KEY, seen INTEGER, "
+                         "announced INTEGER, stock INTEGER, holds TEXT)")
+        with database:
+            database.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, '[]')",
+                                 [(i, *t[:3]) for i, t in tracks.items()])
+
+        def as_sqlite() -> float:
+            started = time.process_time()
+            loaded = {row[0]: sync_stock.Track(*row[1:4], tuple(json.loads(row[4])))
+                      for row in database.execute("SELECT * FROM tracks")}
+            changed = [(*t[:3], i) for i, t in moved.items() if loaded[i] != t]
+            with database:
+                database.executemany("UPDATE tracks SET seen = ?, announced = ?, stock = ? "
+                                     "WHERE id = ?", changed)
+            return time.process_time() - started
+
+        json_cpu, sqlite_cpu = min(as_json() for _ in range(3)), min(as_sqlite() for _ in range(3))
+        database.close()
+    size = settings.state_file.stat().st_size / 1e6
+    return (f"state of {len(tracks)} tracks, 1% changed: JSON file ({size:.1f} MB) load + "
+            f"rewrite {json_cpu:.3f} s CPU, SQLite load + update in place {sqlite_cpu:.3f} s")
 
 
 def json_loads_cpu(bodies: list) -> float:
@@ -218,7 +287,7 @@ def http_client_cpu(env: dict, walk: list, kak2c_pages: int) -> float:
     """CPU seconds of the run's requests alone, through sync_stock's Api as the run sends them
     (the InSales walk in one thread, Kaktus pages a few at a time): bodies received, not parsed."""
     settings = sync_stock.load_settings(env)
-    insales, kak2c = sync_stock.make_apis(settings)
+    insales, kak2c = sync_stock.make_apis(settings, sync_stock.RetryPolicy())
     token = sync_stock.KaktusToken(kak2c, settings.kak2c_credentials, settings.token_file)
     token.current()  # the cached token of a cron run
     started = time.process_time()
@@ -268,7 +337,7 @@ def scenario_budget(products: int, sizes: int, folder: str, runs: int = 30) -> d
             wall += summary["duration_s"]
             box.advance(60)
             saved = json.loads(state.read_text())
-            saved["full_walk_at"] -= 60  # the state ages one simulated minute too
+            saved["catalogue"]["full_walk_at"] -= 60  # the state ages one simulated minute too
             state.write_text(json.dumps(saved))
         first = sum(1 for c in box.insales.log if c["at"] < started + 60)
         times = sorted(c["at"] for c in box.insales.log)

@@ -3,6 +3,7 @@ import csv
 import os
 import pty
 import re
+import shutil
 import subprocess
 import sys
 
@@ -191,3 +192,179 @@ def test_version_and_help(capsys):
     for option in ("--dry-run", "--env-file", "--json", "--report", "--force", "--check",
                    "--demo", "-v", "-q", "METRICS_FILE", "SYNC_HOLD_MINUTES", "KAK2C_PAGE_SIZE"):
         assert option in out
+
+
+# --- warnings about the data ------------------------------------------------------------------
+
+def warnings_of(result):
+    return [line for line in result.err.splitlines() if " WARNING " in line]
+
+
+def test_a_healthy_catalogue_warns_of_nothing(box, run):
+    """A plain shop with every barcode matched: not one warning, even with -v."""
+    sandbox.fill_sample(box, products=40, sizes=2, quirks=False)
+    assert warnings_of(run("-v")) == []
+
+
+def test_warns_when_no_kaktus_variant_has_a_barcode(box, run):
+    """Barcodes in a field we do not read: a warning naming the keys seen, even with -q."""
+    for n in range(5):
+        box.insales.add_product(f"P{n}", [{"barcode": f"B{n}", "quantity": 1}])
+        box.kak2c.add_product({"id": n, "ean": f"B{n}", "stock": [{"stockTotal": 2}]})
+    [warning] = warnings_of(run("-q"))
+    assert "none of the 5 Kaktus variants carries a barcode" in warning
+    assert "ean" in warning and "barcodes" in warning
+
+
+def test_warns_when_most_kaktus_stock_is_unknown(box, run):
+    """KAK2C_STOCK_FIELD naming a field the account does not send: named, with the keys seen."""
+    for n in range(4):
+        add_pair(box, f"K{n}", 1, 3)
+    warnings = warnings_of(run("-q", KAK2C_STOCK_FIELD="stockFree"))
+    assert len(warnings) == 1
+    assert "4 of 4 Kaktus variants have unknown stock" in warnings[0]
+    assert "KAK2C_STOCK_FIELD='stockFree'" in warnings[0] and "stockTotal" in warnings[0]
+
+
+def test_warns_when_not_one_barcode_matches(box, run):
+    """Both sides have barcodes but none in common: one of each side, normalised."""
+    box.insales.add_product("P", [{"barcode": "4600000000017", "quantity": 1}])
+    box.kak2c.add_product({"id": 1, "barcode": "X-1", "stock": [{"stockTotal": 2}]})
+    [warning] = warnings_of(run("-q"))
+    assert "'04600000000017'" in warning and "'X-1'" in warning
+
+
+def test_warns_when_many_insales_barcodes_are_duplicated(box, run):
+    """Over 10% of InSales variants sharing a barcode: pointed to --report."""
+    for n in range(8):
+        add_pair(box, f"D{n}", 1, 1)
+    box.insales.add_product("twins", [{"barcode": "D0", "quantity": 1}])
+    [warning] = warnings_of(run("-q"))
+    assert "2 of 9 InSales variants share their barcode" in warning and "--report" in warning
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"'
+                    r',?)*)\} (-?[0-9.e+]+|NaN)$')
+
+
+def parse_metrics(text):
+    """Check every line is a comment or a sample; return {name{labels}: value}."""
+    samples, typed = {}, set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+        elif not line.startswith("# HELP "):
+            found = SAMPLE.match(line)
+            assert found, line
+            assert found[1] in typed, line  # HELP and TYPE come before the samples
+            samples[f"{found[1]}{{{found[2]}}}"] = float(found[3])
+    return samples
+
+
+def test_metrics_file_is_prometheus_text_and_keeps_last_success(box, run, tmp_path):
+    """METRICS_FILE parses as the text format with a shop label; a failed run keeps the last
+    success time and says exit 3."""
+    add_pair(box, "M1", 0, 4)
+    path = tmp_path / "textfile" / "sync_stock.prom"
+    assert run(METRICS_FILE=path).code == 0
+    shop = box.insales.url.split("//")[1]
+    first = parse_metrics(path.read_text())
+    label = f'shop="{shop}"'
+    assert first[f"sync_stock_last_exit_code{{{label}}}"] == 0
+    assert first[f'sync_stock_variants{{{label},kind="updated"}}'] == 1
+    assert first[f'sync_stock_requests{{{label},api="kak2c"}}'] == 2
+    assert 0 < first[f"sync_stock_insales_api_usage_ratio{{{label}}}"] < 1
+    success = first[f"sync_stock_last_success_timestamp_seconds{{{label}}}"]
+    assert success == first[f"sync_stock_last_run_timestamp_seconds{{{label}}}"]
+    box.kak2c.inject("GET /api", status=500, times=50)
+    assert run(METRICS_FILE=path).code == 3
+    second = parse_metrics(path.read_text())
+    assert second[f"sync_stock_last_exit_code{{{label}}}"] == 3
+    assert second[f"sync_stock_last_success_timestamp_seconds{{{label}}}"] == success
+    assert second[f"sync_stock_last_run_timestamp_seconds{{{label}}}"] > success
+    assert {k.split("{")[0] for k in second} >= {
+        "sync_stock_duration_seconds", "sync_stock_held_units", "sync_stock_variants"}
+
+
+def test_an_unwritable_metrics_file_is_logged_and_the_run_keeps_its_outcome(box, run, tmp_path):
+    """A metrics file that cannot be written: an error line, and the sync's own exit code."""
+    add_pair(box, "M2", 0, 4)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    result = run(METRICS_FILE=blocker / "m.prom")
+    assert (result.code, result.summary["updated"]) == (0, 1)
+    assert "METRICS_FILE" in result.err
+
+
+def test_no_metrics_for_a_run_that_did_not_get_past_the_lock(box, run, env, tmp_path):
+    """A skipped run leaves the metrics file as the run that held the lock will write it."""
+    import fcntl
+
+    path = tmp_path / "m.prom"
+    with open(env["SYNC_LOCK_FILE"], "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert run(METRICS_FILE=path).summary["status"] == "skipped"
+    assert not path.exists()
+
+
+def test_a_config_error_pings_nothing(box, run, tmp_path):
+    """Exit 2 sends nothing at all, monitor included: no /start without its closing ping."""
+    endpoint = monitor()
+    try:
+        blocker = tmp_path / "not-a-folder"
+        blocker.write_text("")
+        result = run(HEALTHCHECK_URL=endpoint.url, KAK2C_TOKEN_FILE=blocker / "token")
+        assert result.code == 2
+        assert endpoint.log == [] and box.kak2c.log == []
+    finally:
+        endpoint.stop()
+
+
+def test_a_refused_plan_pings_fail(box, run):
+    """Exit 4 (the guard) closes with /fail after /start."""
+    endpoint = monitor()
+    try:
+        for n in range(12):
+            add_pair(box, f"G{n:02d}", 5, 0)
+        assert run(HEALTHCHECK_URL=endpoint.url).code == 4
+        assert [c["path"] for c in endpoint.log] == ["/start", "/fail"]
+    finally:
+        endpoint.stop()
+
+
+# --- systemd units ----------------------------------------------------------------------------
+
+def readme_units():
+    """The two unit files the README shows, in order: the service, then the timer."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```ini\n(.*?)```", text.split("<!-- units:", 1)[1], re.DOTALL)
+    return blocks[:2]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_readme_systemd_units_verify(tmp_path):
+    """The README's sync-stock@.service and .timer pass systemd-analyze verify as shop-a."""
+    service, timer = readme_units()
+    assert "Type=oneshot" in service and "OnCalendar=minutely" in timer
+    service = service.replace("/opt/sync_stock/.venv/bin/python", sys.executable)
+    service = service.replace("/opt/sync_stock", str(ROOT))
+    (tmp_path / "sync-stock@shop-a.service").write_text(service)
+    (tmp_path / "sync-stock@shop-a.timer").write_text(timer)
+    checked = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", "sync-stock@shop-a.service",
+         "sync-stock@shop-a.timer"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr.strip() == ""
+
+
+def test_readme_units_carry_what_a_shop_instance_needs():
+    """The service runs -q with the instance's env file, sandboxed, files/ writable."""
+    service, timer = readme_units()
+    for line in ("Type=oneshot", "--env-file /etc/sync-stock/%i.env", " -q ", "User=",
+                 "NoNewPrivileges=yes", "ProtectSystem=strict",
+                 "ReadWritePaths=/opt/sync_stock/files", "TimeoutStartSec="):
+        assert line in service
+    for line in ("OnCalendar=minutely", "AccuracySec=1s", "Persistent=false"):
+        assert line in timer
