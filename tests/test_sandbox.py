@@ -1,4 +1,4 @@
-"""The sandbox itself, checked against SPEC.md's facts about both APIs: if it lies, tests lie."""
+"""The sandbox itself, checked against what the README says of both APIs: if it lies, tests lie."""
 import base64
 import json
 

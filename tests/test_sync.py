@@ -1,4 +1,4 @@
-"""Whole runs through main() against the sandbox over real HTTP: the core sync of SPEC.md."""
+"""Whole runs through main() against the sandbox over real HTTP: the core sync."""
 import json
 import os
 import stat
