@@ -1910,7 +1910,7 @@ class Run:
 
 
 EXIT_BY_STATUS = {"ok": EXIT_OK, "dry-run": EXIT_OK, "skipped": EXIT_OK, "partial": EXIT_PARTIAL,
-                  "checked": EXIT_OK, "demo": EXIT_OK}
+                  "checked": EXIT_OK, "demo": EXIT_OK}  # a SyncError carries its own
 
 
 def dispatch(args: argparse.Namespace, sleep: Callable[[float], None], run: Run) -> SyncResult:
@@ -1956,7 +1956,7 @@ def main(argv=None, sleep: Callable[[float], None] = time.sleep) -> int:
         run.ping("/fail")  # a bug: the monitor hears of it too, and the traceback shows
         raise
     run.ping("" if code == EXIT_OK else "/fail")
-    if code == EXIT_CONFIG or result.status in ("checked", "demo"):
+    if code == EXIT_CONFIG or args.check or args.demo:  # a summary is a sync's
         return code
     summary = make_summary(result, run.requests_sent(), time.monotonic() - started)
     log.info("%s", summary_line(summary))

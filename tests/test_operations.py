@@ -168,6 +168,7 @@ def test_check_with_bad_credentials_exits_3(box, run):
     result = run("--check", INSALES_API_PASSWORD="wrong")
     assert result.code == 3
     assert "HTTP 401" in result.err
+    assert result.summary is None and "status=" not in result.err  # a summary is a sync's
 
 
 def test_demo_runs_without_any_account_or_env(tmp_path):

@@ -138,3 +138,36 @@ def test_sample_shop_has_every_case_the_sync_must_handle(box):
     shop = [v["barcode"] for v in box.insales.all_variants()]
     assert None in shop and any(b and b != b.strip() for b in shop)
     assert len([b for b in shop if b]) > len({b for b in shop if b})
+
+
+def test_a_sale_lowers_the_quantity_and_moves_updated_at(box):
+    """InSales.sell() acts as an order: the quantity drops and the product comes up in the walk."""
+    product = box.insales.add_product("P", [{"barcode": "S1", "quantity": 5}])
+    before = product["updated_at"]
+    box.advance(5)
+    box.insales.sell(product["variants"][0]["id"], 2)
+    assert product["variants"][0]["quantity"] == 3 and product["updated_at"] > before
+
+
+def test_queued_writes_answer_empty_and_land_later(box):
+    """With queue_writes the group update answers [] and applies only at apply_queued()."""
+    product = box.insales.add_product("P", [{"barcode": "Q", "quantity": 1}])
+    variant_id = product["variants"][0]["id"]
+    box.insales.queue_writes = True
+    assert put_group(box, [{"id": variant_id, "quantity": 9}]).json() == []
+    assert box.insales.variant(variant_id)["quantity"] == 1
+    box.insales.apply_queued()
+    assert box.insales.variant(variant_id)["quantity"] == 9
+
+
+def test_kaktus_size_and_domain(box):
+    """`size` sets the page length (when honoured); an account with a domain needs the header."""
+    sandbox.fill_sample(box, products=30, sizes=1, quirks=False)
+    token = kaktus_login(box).json()["access_token"]
+    url, headers = box.kak2c.url + "/api/lite/products", {"Authorization": f"Bearer {token}"}
+    sized = requests.get(url, params={"page": 1, "size": 7}, headers=headers, timeout=10).json()
+    assert len(sized["products"]) == 7 and sized["recordsTotal"] == 30
+    box.kak2c.domain = "shop123"
+    assert requests.get(url, headers=headers, timeout=10).status_code == 403
+    answer = requests.get(url, headers={**headers, "Domain": "shop123"}, timeout=10)
+    assert answer.status_code == 200
