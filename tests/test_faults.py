@@ -382,15 +382,20 @@ def test_mass_zeroing_is_refused_and_a_dry_run_says_so(box, run):
 # --- process ----------------------------------------------------------------------------------
 
 def test_killed_run_releases_the_lock_and_the_next_converges(box, run, env, tmp_path):
-    """A run killed by SIGKILL in the middle of its writes leaves no lock; the next converges."""
+    """A run killed by SIGKILL in the middle of its writes leaves no lock and no false sale;
+    the next converges."""
     for n in range(300):
-        add_pair(box, f"K{n:04d}", 0, 3)
+        add_pair(box, f"K{n:04d}", 5, 5)
+    assert run().summary["changed"] == 0  # in sync, and a state to compare with
+    # A buffer of 2 lowers every variant 5 -> 3 while Kaktus stays at 5: had the killed run not
+    # announced its writes, the next would take each landed 3 for a sale of 2.
     second_write = threading.Event()
     box.insales.inject("PUT /admin", status=None, after=1, hang=60, run=second_write.set)
     (tmp_path / "empty.env").write_text("")
     child = subprocess.Popen(
         [sys.executable, str(ROOT / "sync_stock.py"), "--env-file", str(tmp_path / "empty.env")],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env={**os.environ, **env, "SYNC_STOCK_BUFFER": "2"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert second_write.wait(30)
         assert run().summary["status"] == "skipped"
@@ -398,9 +403,9 @@ def test_killed_run_releases_the_lock_and_the_next_converges(box, run, env, tmp_
         child.kill()
         child.wait()
     assert sum(v["quantity"] == 3 for v in box.insales.all_variants()) == 100
-    result = run()
+    result = run(SYNC_STOCK_BUFFER=2)
     assert (result.code, result.summary["status"]) == (0, "ok")
-    assert result.summary["updated"] == 200
+    assert (result.summary["updated"], result.summary["held_units"]) == (200, 0)
     assert all(v["quantity"] == 3 for v in box.insales.all_variants())
 
 
