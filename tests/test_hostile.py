@@ -98,6 +98,20 @@ def test_a_short_last_insales_page_needs_no_anchor(box, run, missing, skipped):
     assert broken["variants"][0]["quantity"] == (6 if missing == "updated_at" else 1)
 
 
+def test_pages_that_begin_and_end_alike_are_not_repeats(box, run):
+    """Products wrapped in long identical text make pages of one length with the same first
+    and last kilobytes: they are still different pages, read and synced."""
+    ids = []
+    for n in range(250):
+        product = box.insales.add_product(f"P{n}", [{"barcode": f"B{n:04d}", "quantity": 0}])
+        ids.append(product["variants"][0]["id"])
+        box.kak2c.add_product({"notes": "x" * 5000, "id": 1000 + n, "barcode": f"B{n:04d}",
+                               "stock": [{"stockTotal": 2}], "tail": "y" * 5000})
+    result = run()
+    assert (result.code, result.summary["updated"]) == (0, 250), result.err
+    assert all(quantity(box, variant) == 2 for variant in ids)
+
+
 SURROGATE = "\ud800"
 
 
