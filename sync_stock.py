@@ -65,6 +65,7 @@ CURSOR_REWIND = timedelta(seconds=2)  # InSales times may have one-second resolu
 WALK_START = "2000-01-01T00:00:00.000+00:00"
 STATE_VERSION = 2
 DRY_RUN_ROWS = 50
+WARN_MOST = 5               # malformed records named one by one in a run's log
 EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_UPSTREAM, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 
@@ -938,14 +939,17 @@ def fetch_insales_catalogue(api: Api, quantity_field: str, known: InSalesCatalog
             variants = parse_insales_product(product, quantity_field)
             if variants is None:
                 catalogue.skipped += 1
-                log.warning("InSales: skipped a malformed product (id %s)",
-                            str(product.get("id"))[:40] if isinstance(product, dict) else "?")
+                if catalogue.skipped <= WARN_MOST:  # a cron mail, not a flood
+                    log.warning("InSales: skipped a malformed product (id %s)",
+                                str(product.get("id"))[:40] if isinstance(product, dict) else "?")
                 continue
             for old in by_product.pop(product["id"], ()):
                 catalogue.variants.pop(old.id, None)
             by_product[product["id"]] = variants
             catalogue.variants.update((v.id, v) for v in variants)
     catalogue.products = len(by_product)
+    if catalogue.skipped > WARN_MOST:
+        log.warning("InSales: %d malformed products skipped in all", catalogue.skipped)
     return catalogue
 
 

@@ -264,6 +264,17 @@ def test_malformed_answers_exit_3_naming_the_api(box, run, api, match, fault, wo
     assert ("InSales" if api == "insales" else "Kaktus") in result.err
 
 
+def test_many_malformed_products_are_named_five_at_most(box, run):
+    """Thousands of broken products make five warning lines and a total, not a flood."""
+    add_pair(box, "G1", 0, 3)
+    for n in range(40):
+        box.insales.add_product(f"broken {n}", [{"barcode": f"X{n}"}]).pop("variants")
+    result = run("-q")
+    assert result.summary["skipped_records"] == 40
+    lines = [line for line in result.err.splitlines() if "malformed product" in line]
+    assert len(lines) == 6 and "40 malformed products skipped in all" in lines[-1]
+
+
 def test_single_malformed_records_are_skipped_and_counted(box, run):
     """Products without variants, variants without id and non-numeric stock are skipped."""
     good = add_pair(box, "G1", 0, 3)
