@@ -1519,7 +1519,7 @@ def print_plan(plan: Plan, refusal: str | None, report: Path | None, out) -> Non
     shown.update((variant.id, (variant, decision)) for variant, decision in plan.held)
     rows = heapq.nsmallest(DRY_RUN_ROWS, shown.values(),
                            key=lambda row: (row[0].title, row[0].barcode))
-    lines = [(variant.barcode, str(variant.id), variant.title[:50],
+    lines = [(variant.barcode[:40], str(variant.id), variant.title[:50],
               f"{_qty(variant.quantity)} -> {decision.publish}", _hold_note(decision, plan.rules))
              for variant, decision in rows]
     header = ("barcode", "variant id", "title", "old -> new", "")
