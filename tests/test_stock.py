@@ -248,3 +248,14 @@ def test_page_size_is_asked_and_a_server_that_ignores_it_still_works(box, run, h
     pages = box.kak2c.calls("GET")
     assert all(call["query"]["size"] == "40" for call in pages)
     assert len(pages) == (4 if honoured else 2)
+
+
+def test_a_refused_write_is_not_taken_for_ours(box, run):
+    """InSales refused our 10 -> 7; a customer then buys 1 (9): a sale, held, so 6 is written."""
+    variant = add_pair(box, "R1", 10, 7)
+    box.insales.inject("PUT /admin", status=422, body={"errors": {"quantity": ["locked"]}})
+    assert run().code == 1
+    assert quantity(box, variant) == 10
+    box.insales.sell(variant, 1)
+    result = run()
+    assert (result.code, result.summary["held_units"], quantity(box, variant)) == (0, 1, 6)
