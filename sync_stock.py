@@ -267,6 +267,12 @@ def parse_stock_expression(text: str) -> tuple:
     return tuple((1 if sign == "+" else -1, name) for sign, name in zip(signs, names))
 
 
+def show_stock_expression(terms: tuple) -> str:
+    """KAK2C_STOCK_FIELD as read: `stockTotal-stockReserved`."""
+    return "".join(("-" if sign < 0 else "+" if i else "") + name
+                   for i, (sign, name) in enumerate(terms))
+
+
 # --- logging, lock and files ------------------------------------------------------------------
 
 SECRETS: set = set()  # the passwords and the token of this run
@@ -1339,7 +1345,7 @@ def data_warnings(plan: Plan, settings: Settings) -> list:
         entries = stock if isinstance(stock, list) else [stock]
         keys = sorted({str(k) for entry in entries if isinstance(entry, dict) for k in entry})
         warnings.append(f"{kak2c.unknown} of {kak2c.variants} Kaktus variants have unknown stock; "
-                        f"check KAK2C_STOCK_FIELD={'-'.join(n for _, n in settings.stock_terms)!r}"
+                        f"check KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)!r}"
                         f" against the keys seen on a stock entry: {', '.join(keys) or '-'}")
     if counts["matched"] == 0 and plan.unique and kak2c.quantities:
         warnings.append(f"not one barcode matches: InSales has e.g. {next(iter(plan.unique))!r}, "
@@ -1823,7 +1829,7 @@ def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
         f"{len(products) - nested} that are one variant each",
         f"  variant keys: {', '.join(sorted({str(k) for v in variants for k in v})) or '-'}",
         f"  stock entry keys: {', '.join(sorted(map(str, stock_keys))) or '-'} "
-        f"(KAK2C_STOCK_FIELD={'/'.join(n for _, n in settings.stock_terms)})",
+        f"(KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)})",
         f"  on page 0: {len(index.quantities)} barcodes, {len(index.duplicates)} duplicated, "
         f"{index.unknown} variants with unreadable stock"]
     for line in lines:

@@ -21,6 +21,7 @@ from sync_stock import (
     parse_usage,
     plan_updates,
     rewind,
+    show_stock_expression,
     to_quantity,
     token_expiry,
 )
@@ -101,6 +102,7 @@ def test_stock_expression_is_computed_per_entry_and_summed():
     """stockTotal-stockReserved per entry, summed; a field missing in any entry is unknown."""
     terms = parse_stock_expression(" stockTotal - stockReserved + stockTransit ")
     assert terms == ((1, "stockTotal"), (-1, "stockReserved"), (1, "stockTransit"))
+    assert show_stock_expression(terms) == "stockTotal-stockReserved+stockTransit"
     entries = [{"stockTotal": 10, "stockReserved": 3, "stockTransit": 1},
                {"stockTotal": "4", "stockReserved": 0, "stockTransit": 0.0}]
     assert parse_stock({"stock": entries}, terms) == 12
