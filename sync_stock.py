@@ -829,6 +829,13 @@ def new_products(products: list, seen: set) -> list:
     return fresh
 
 
+def stock_entry_keys(variant: dict) -> set:
+    """The keys seen on a Kaktus variant's stock entries: what KAK2C_STOCK_FIELD may name."""
+    stock = variant.get("stock")
+    entries = stock if isinstance(stock, list) else [stock]
+    return {str(key) for entry in entries if isinstance(entry, dict) for key in entry}
+
+
 def kak2c_variants(product) -> list:
     """A Kaktus product's variants: its `variants` list, or itself (1 variant = 1 product)."""
     if not isinstance(product, dict):
@@ -1341,9 +1348,7 @@ def data_warnings(plan: Plan, settings: Settings) -> list:
                         f"seen on a variant: {keys}; understood: barcode (text), barcodes (list "
                         "of texts, or of objects with barcode, value or code)")
     if kak2c.unknown * 2 > kak2c.variants:
-        stock = (kak2c.first_unknown or {}).get("stock")
-        entries = stock if isinstance(stock, list) else [stock]
-        keys = sorted({str(k) for entry in entries if isinstance(entry, dict) for k in entry})
+        keys = sorted(stock_entry_keys(kak2c.first_unknown or {}))
         warnings.append(f"{kak2c.unknown} of {kak2c.variants} Kaktus variants have unknown stock; "
                         f"check KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)!r}"
                         f" against the keys seen on a stock entry: {', '.join(keys) or '-'}")
@@ -1819,8 +1824,7 @@ def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
                          f"(INSALES_WAREHOUSE={index} writes quantity_at_warehouse{index})")
     variants = [v for product in products for v in kak2c_variants(product) if isinstance(v, dict)]
     nested = sum(isinstance(p, dict) and isinstance(p.get("variants"), list) for p in products)
-    stock_keys = {k for v in variants for entry in (v.get("stock") if isinstance(
-        v.get("stock"), list) else []) if isinstance(entry, dict) for k in entry}
+    stock_keys = set().union(*map(stock_entry_keys, variants))
     index = index_kak2c([products], settings.stock_terms)
     lines += [
         f"Kaktus {settings.kak2c_url}: logged in; recordsTotal={total}, "
@@ -1828,7 +1832,7 @@ def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
         f"  catalogue shape on page 0: {nested} products with a variants list, "
         f"{len(products) - nested} that are one variant each",
         f"  variant keys: {', '.join(sorted({str(k) for v in variants for k in v})) or '-'}",
-        f"  stock entry keys: {', '.join(sorted(map(str, stock_keys))) or '-'} "
+        f"  stock entry keys: {', '.join(sorted(stock_keys)) or '-'} "
         f"(KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)})",
         f"  on page 0: {len(index.quantities)} barcodes, {len(index.duplicates)} duplicated, "
         f"{index.unknown} variants with unreadable stock"]
