@@ -1136,6 +1136,7 @@ class Decision(NamedTuple):
 DUPLICATE_IN_INSALES = Decision("duplicate_insales", "skip", "duplicate in InSales")
 DUPLICATE_IN_KAK2C = Decision("duplicate_kak2c", "skip", "duplicate in Kaktus")
 NOT_IN_KAK2C = Decision("not_in_kak2c", "skip", "not in Kaktus")
+NOT_IN_INSALES = Decision("not_in_insales", "skip", "not in InSales")
 UNKNOWN_STOCK = Decision("unknown", "skip", "unknown stock")
 MISSING = object()
 
@@ -1254,7 +1255,7 @@ class Plan:
             yield barcode, variant, quantities.get(barcode), decision
         for barcode, quantity in quantities.items():
             if barcode not in self.unique and barcode not in self.shared:
-                yield barcode, None, quantity, Decision("not_in_insales", "skip", "not in InSales")
+                yield barcode, None, quantity, NOT_IN_INSALES
         for barcode in duplicates - self.unique.keys() - self.shared.keys():
             yield barcode, None, None, DUPLICATE_IN_KAK2C
 
@@ -1494,8 +1495,9 @@ def save_state(settings: Settings, tracks: dict, catalogue: InSalesCatalogue | N
     rows = tracks.values()
     state = {
         "version": STATE_VERSION, "shop": shop_key(settings),
+        # the columns load_state() reads: id, then the first fields of a Track
         "tracks": {"id": list(tracks), **{name: list(map(operator.itemgetter(i), rows))
-                                          for i, name in enumerate(Track._fields[:3])}},
+                                          for i, name in enumerate(list(TRACK_COLUMNS)[1:])}},
         "holds": {str(i): [list(hold) for hold in t.holds] for i, t in tracks.items() if t.holds},
         "catalogue": None,
     }
