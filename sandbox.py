@@ -239,6 +239,8 @@ class InSales(Emulator):
                            {"id": 12, "title": "Kaktus", "array_index": 1}]
         self.rate_limit, self.rate_window, self.rate_status = 500, 300.0, 429
         self.window_start, self.used = 0.0, 0
+        self.serve_at_most: int | None = None   # a shop that serves fewer a page than asked
+        self.timeout_above: int | None = None   # answer 504 to pages of more products than this
         self.group_answer = "statuses"  # or "empty": the update was queued
         self.queue_writes = False       # answer [] and apply the writes only at apply_queued()
         self.queued: list = []
@@ -305,6 +307,13 @@ class InSales(Emulator):
             self.variant(variant_id).update(fields)
             self.touch(self.variant_product[variant_id])
 
+    def trash_product(self, product_id: int) -> None:
+        """Move a product to the trash, as a manager's delete does: it leaves the plain list and
+        comes back, marked archived, only to `with_deleted` (and `deleted`) walks."""
+        with self.lock:
+            self.products[product_id]["archived"] = True
+            self.touch(product_id)
+
     def delete_product(self, product_id: int) -> None:
         with self.lock:
             for variant in self.products.pop(product_id)["variants"]:
@@ -359,6 +368,9 @@ class InSales(Emulator):
             since_ms = round(datetime.fromisoformat(since).timestamp() * 1000) if since else None
         except ValueError:
             return 400, {"errors": ["invalid parameters"]}
+        if self.timeout_above is not None and per_page > self.timeout_above:
+            return 504, ""  # "the request took over 50 s": too much data at once
+        per_page = min(per_page, self.serve_at_most or per_page)
         if since_ms is None:  # from_id alone is ignored: a page-numbered walk by id
             ids = sorted(self.products)
         else:
@@ -367,6 +379,10 @@ class InSales(Emulator):
             # From the anchor on, the anchor itself excluded; without from_id, from the time on.
             start = bisect.bisect_right(self._order, (since_ms, from_id if from_id else -1))
             ids = [pid for _, pid in self._order[start:]]
+        # The trash: only with_deleted shows it along with the rest, deleted shows it alone.
+        if query.get("with_deleted") not in ("true", "1"):
+            trashed = query.get("deleted") in ("true", "1")
+            ids = [pid for pid in ids if self.products[pid]["archived"] is trashed]
         chosen = ids[(page - 1) * per_page: page * per_page]
         return 200, [self.products[pid] for pid in chosen]
 
@@ -466,7 +482,7 @@ class Kaktus(Emulator):
         """Give the variant with this barcode one stock entry of `stock`."""
         with self.lock:
             for variant in self.variants():
-                if variant.get("barcode") == barcode:
+                if barcode in (variant.get("barcode"), str(variant.get("id"))):
                     variant["stock"] = [{"warehouse": "MSK", "stockTotal": stock}]
 
     def handle(self, request: Request) -> tuple:
@@ -606,7 +622,8 @@ BARCODE_SHAPES = (
 
 
 def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
-                quirks: bool = True, differ: float = 0.3, spread: float = 0.0) -> None:
+                quirks: bool = True, differ: float = 0.3, spread: float = 0.0,
+                kaktus_barcodes_in: str = "fields", insales_barcodes_in: str = "barcode") -> None:
     """Fill both sides with one shop: matching barcodes, some stock differing.
 
     With quirks (the default), every third product is "one variant = one product" in Kaktus,
@@ -614,6 +631,11 @@ def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
     padded GTIN, whitespace, a variant without barcode, duplicates on both sides, barcodes
     known to one side only, unknown and negative stock, quantities as strings. `spread` moves
     the clock that many seconds between products, as a shop built over time has them.
+
+    The layouts real accounts use: `kaktus_barcodes_in="id"` is the original integration's
+    account, where a Kaktus variant's id is its barcode (as text or a number) and no barcode
+    field is there; `insales_barcodes_in="sku"` a shop that keeps barcodes in the SKU, with
+    `"barcode": null` on every variant.
     """
     rng = random.Random(seed)
     kaktus_ids = iter(range(5001, 10**9))
@@ -635,12 +657,17 @@ def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
                 kaktus_code = "0" + code if n % 7 == 3 else code  # GTIN-14 for an EAN-13
             shop_variants.append({"title": SIZES[s % len(SIZES)], "barcode": code,
                                   "quantity": shop_qty})
-            kaktus_variants.append({"id": next(kaktus_ids), "article": f"A{n:06d}",
-                                    **BARCODE_SHAPES[n % len(BARCODE_SHAPES) if quirks else 0](
-                                        kaktus_code),
-                                    "stock": entries})
+            if kaktus_barcodes_in == "id":
+                fields = {"id": kaktus_code if n % 2 else int(kaktus_code)}
+            else:
+                fields = {"id": next(kaktus_ids),
+                          **BARCODE_SHAPES[n % len(BARCODE_SHAPES) if quirks else 0](kaktus_code)}
+            kaktus_variants.append({**fields, "article": f"A{n:06d}", "stock": entries})
         if quirks:
             _add_quirks(p, shop_variants, kaktus_variants)
+        if insales_barcodes_in == "sku":
+            for variant in shop_variants:
+                variant["sku"], variant["barcode"] = variant["barcode"], None
         box.insales.add_product(title, shop_variants)
         box.advance(spread)
         if flat:
@@ -650,11 +677,13 @@ def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
             box.kak2c.add_product({"id": next(kaktus_ids), "name": title,
                                    "variants": kaktus_variants})
     if quirks and products > 6:
-        duplicate = list(box.insales.products.values())[3]["variants"][0]["barcode"]
-        box.kak2c.add_product({"id": next(kaktus_ids), "name": "Duplicate in Kaktus",
-                               "barcode": duplicate, "stock": [{"stockTotal": 1}]})
-        box.kak2c.add_product({"id": next(kaktus_ids), "name": "Only in Kaktus",
-                               "barcode": ean13(999_999), "stock": [{"stockTotal": 4}]})
+        first = list(box.insales.products.values())[3]["variants"][0]
+        extra = (("Duplicate in Kaktus", first["barcode"] or first["sku"], 1),
+                 ("Only in Kaktus", ean13(999_999), 4))
+        for name, code, stock in extra:
+            fields = {"id": code} if kaktus_barcodes_in == "id" else \
+                {"id": next(kaktus_ids), "barcode": code}
+            box.kak2c.add_product({**fields, "name": name, "stock": [{"stockTotal": stock}]})
 
 
 def _add_quirks(p: int, shop: list, kaktus: list) -> None:

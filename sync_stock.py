@@ -51,6 +51,7 @@ USER_AGENT = f"sync_stock/{__version__} (+InSales-Kaktus stock sync)"
 log = logging.getLogger("sync_stock")
 
 INSALES_PAGE = 250          # the documented per_page maximum
+INSALES_MIN_PAGE = 10       # and its minimum: InSales raises anything below
 WRITE_BATCH = 100           # variants_group_update: keep to 100 variants a call
 KAK2C_THREADS = 4           # Kaktus pages are numbered, so a few can be fetched at once
 LOOKAHEAD = 2 * KAK2C_THREADS  # Kaktus pages asked ahead of the last one checked
@@ -109,6 +110,8 @@ class Settings:
     kak2c_domain: str | None
     kak2c_page_size: int | None
     token_file: Path
+    insales_barcode_field: str   # "barcode" or "sku"
+    kak2c_barcode_field: str     # "auto", or the one variant field that holds the barcode
     stock_terms: tuple      # ((+1 or -1, field name), ...): KAK2C_STOCK_FIELD
     stock_buffer: int
     hold_minutes: float
@@ -128,6 +131,12 @@ class Settings:
         if self.warehouse is None:
             return "quantity"
         return f"quantity_at_warehouse{self.warehouse}"
+
+    @property
+    def insales_fields(self) -> tuple:
+        """What an InSales variant is read by: (quantity, barcode, the other barcode field)."""
+        field = self.insales_barcode_field
+        return self.quantity_field, field, INSALES_BARCODE_FIELDS[field]
 
     @property
     def shop(self) -> str:
@@ -187,6 +196,13 @@ def load_settings(values: Mapping) -> Settings:
     mode = get("SYNC_MODE", "auto")
     if mode not in ("auto", "full", "incremental"):
         raise ConfigError(f"SYNC_MODE={mode!r} must be one of auto, full, incremental")
+    insales_field = get("INSALES_BARCODE_FIELD", "barcode")
+    if insales_field not in INSALES_BARCODE_FIELDS:
+        raise ConfigError(f"INSALES_BARCODE_FIELD={insales_field!r} must be barcode or sku")
+    kak2c_field = get("KAK2C_BARCODE_FIELD", "auto")
+    if not FIELD_NAME.fullmatch(kak2c_field):
+        raise ConfigError(f"KAK2C_BARCODE_FIELD={kak2c_field!r} must be auto or the name of a "
+                          "Kaktus variant field, e.g. barcode, id, ean, article")
     return Settings(
         insales_url=_read_url(get, "INSALES_URL", required=True).removesuffix("/admin"),
         insales_key=_require(get, "INSALES_API_KEY"),
@@ -197,6 +213,8 @@ def load_settings(values: Mapping) -> Settings:
         kak2c_domain=get("KAK2C_DOMAIN"),
         kak2c_page_size=number("KAK2C_PAGE_SIZE", None, low=1, high=10_000),
         token_file=path("KAK2C_TOKEN_FILE", "files/kak2c_token"),
+        insales_barcode_field=insales_field,
+        kak2c_barcode_field=kak2c_field,
         stock_terms=parse_stock_expression(get("KAK2C_STOCK_FIELD", "stockTotal")),
         stock_buffer=number("SYNC_STOCK_BUFFER", 0, high=MAX_COUNT),
         hold_minutes=number("SYNC_HOLD_MINUTES", 60.0, float, high=7 * 24 * 60),
@@ -254,6 +272,8 @@ def _read_kak2c_credentials(get, path) -> bytes:
     return body
 
 
+INSALES_BARCODE_FIELDS = {"barcode": "sku", "sku": "barcode"}  # each with the other one
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 STOCK_EXPRESSION = re.compile(r"\s*[A-Za-z_]\w*(\s*[+-]\s*[A-Za-z_]\w*)*\s*", re.ASCII)
 
 
@@ -459,8 +479,10 @@ class Api:
         self.paced = 0.0                  # seconds waited for the usage limit in this run
         self._count = threading.Lock()
 
-    def request(self, method: str, path: str, **kwargs) -> Answer:
-        """Send one call; retry transport errors, 5xx and rate limits; return any other answer."""
+    def request(self, method: str, path: str, give_back: Collection[int] = (),
+                **kwargs) -> Answer:
+        """Send one call; retry transport errors, 5xx and rate limits; return any other answer,
+        and those of the statuses in `give_back`, which the caller handles itself."""
         where = f"{self.name} {method} {path}"
         policy = self.policy
         for attempt in range(1, policy.attempts + 1):
@@ -474,7 +496,8 @@ class Api:
                 problem, wait = exc.__class__.__name__, policy.delay(attempt)
             else:
                 log.debug("%s %s: HTTP %s", where, kwargs.get("params") or "", answer.status)
-                problem, wait = self.classify(answer, where, attempt)
+                problem, wait = (None, 0) if answer.status in give_back else \
+                    self.classify(answer, where, attempt)
                 if problem is None:
                     self.pace(answer)
                     return answer
@@ -847,43 +870,58 @@ def kak2c_variants(product) -> list:
 # --- reading InSales --------------------------------------------------------------------------
 
 def walk_insales(api: Api, since: str, from_id: int, progress: Progress,
-                 stop: threading.Event | None = None) -> Iterator[tuple]:
-    """Yield (page of products, cursor after it) along InSales' documented keyset walk."""
-    seen = set()
+                 stop: threading.Event | None = None,
+                 with_deleted: bool = False) -> Iterator[tuple]:
+    """Yield (page of products, cursor after it) along InSales' documented keyset walk, until a
+    page comes back empty.
+
+    Each page is asked as page 1 from the last product read (its updated_at and id); a page
+    shorter than per_page is not the end, as a shop may serve fewer than asked. A 504 ("over
+    50 s, perhaps too much data at once") halves per_page for the rest of the walk.
+    """
+    where = "InSales GET /admin/products.json"
+    per_page, seen, tail = INSALES_PAGE, set(), None
+    extra = {"with_deleted": "true"} if with_deleted else {}
     for number in itertools.count(1):
         if stop is not None and stop.is_set():
             return
-        params = {"updated_since": since, "from_id": from_id, "per_page": INSALES_PAGE, "page": 1}
-        answer = api.request("GET", "/admin/products.json", params=params)
-        page = parse_json(answer, "InSales GET /admin/products.json", list)
-        full = len(page) >= INSALES_PAGE
-        cursor = last_anchor(page, must_be_last=full)
-        if cursor is not None:
-            if cursor in seen or cursor == (since, from_id):
-                raise UpstreamError(f"InSales keyset walk does not advance: page {number} ends at "
-                                    f"updated_at={cursor[0]} id={cursor[1]} again")
-            seen.add(cursor)
-            since, from_id = cursor
-        progress.update("InSales", number)
-        yield page, (since, from_id)
-        if not full:
+        params = {"updated_since": since, "from_id": from_id, "per_page": per_page, "page": 1,
+                  **extra}
+        answer = api.request("GET", "/admin/products.json", params=params,
+                             give_back=(504,) if per_page > INSALES_MIN_PAGE else ())
+        if answer.status == 504:
+            if per_page == INSALES_PAGE:
+                log.info("%s: HTTP 504 (too much at once?); asking fewer products a page", where)
+            per_page = max(INSALES_MIN_PAGE, per_page // 2)
+            continue
+        page = parse_json(answer, where, list)
+        if not page:
             return
+        found = last_anchor(page)
+        if found is None:
+            if page == tail:  # the products after the last anchor, served again: the end
+                return
+            raise UpstreamError(f"{where}: page {number} ends in products with no updated_at "
+                                "or id, so the walk cannot go on")
+        position, cursor = found
+        if cursor in seen or cursor == (since, from_id):
+            raise UpstreamError(f"InSales keyset walk does not advance: page {number} ends at "
+                                f"updated_at={cursor[0]} id={cursor[1]} again")
+        seen.add(cursor)
+        since, from_id = cursor
+        tail = page[position + 1:]
+        progress.update("InSales", number)
+        yield page, cursor
 
 
-def last_anchor(page: list, must_be_last: bool) -> tuple | None:
-    """The keyset anchor (updated_at, id) of a page's last product with both.
-
-    A full page needs its very last product's: the next page starts there. On a short page, the
-    last walk's end, a malformed last product is only a record to skip.
-    """
-    for product in reversed(page):
+def last_anchor(page: list) -> tuple | None:
+    """Return (position, (updated_at, id)) of a page's last product with both, or None."""
+    for position in range(len(page) - 1, -1, -1):
+        product = page[position]
         if isinstance(product, dict):
             updated_at, product_id = product.get("updated_at"), product.get("id")
             if isinstance(updated_at, str) and type(product_id) is int:  # noqa: E721
-                return updated_at, product_id
-        if must_be_last:
-            raise UpstreamError("InSales GET /admin/products.json: the last product of a page "
-                                "has no updated_at or id, so the walk cannot go on")
+                return position, (updated_at, product_id)
     return None
 
 
@@ -903,13 +941,18 @@ def _as(kind: type) -> Callable:
 new_variant = _as(Variant)
 
 
-def parse_insales_product(product, quantity_field: str) -> list | None:
-    """Return a product's variants as Variant tuples, or None for a malformed product."""
+def parse_insales_product(product, fields: tuple, strays: list) -> list | None:
+    """Return a product's variants as Variant tuples, or None for a malformed product.
+
+    `fields` names the quantity field, the barcode field and the other one (barcode or sku);
+    each variant without a barcode but with the other field filled is added to `strays`.
+    """
     if not isinstance(product, dict) or type(product.get("id")) is not int:  # noqa: E721
         return None
     variants = product.get("variants")
     if not isinstance(variants, list):
         return None
+    quantity_field, barcode_field, other_field = fields
     title = product.get("title")
     title = title if isinstance(title, str) else ""
     result = []
@@ -917,9 +960,11 @@ def parse_insales_product(product, quantity_field: str) -> list | None:
         if not isinstance(variant, dict) or type(variant.get("id")) is not int:  # noqa: E721
             return None
         name = variant.get("title")
+        barcode = normalize_barcode(variant.get(barcode_field))
+        if barcode is None and normalize_barcode(variant.get(other_field)) is not None:
+            strays.append(variant[other_field])
         result.append(new_variant((
-            variant["id"], product["id"], normalize_barcode(variant.get("barcode")),
-            to_quantity(variant.get(quantity_field)),
+            variant["id"], product["id"], barcode, to_quantity(variant.get(quantity_field)),
             f"{title} / {name}" if isinstance(name, str) and name and name != title else title)))
     return result
 
@@ -933,11 +978,17 @@ class InSalesCatalogue:
     full_walk_at: float
     skipped: int = 0
     products: int = 0
+    # what this walk read of the other barcode field (sku or barcode) where the set one is empty
+    strays: list = field(default_factory=list)
 
 
-def fetch_insales_catalogue(api: Api, quantity_field: str, known: InSalesCatalogue | None,
+def fetch_insales_catalogue(api: Api, fields: tuple, known: InSalesCatalogue | None,
                             progress: Progress, stop: threading.Event) -> InSalesCatalogue:
-    """Read the whole catalogue, or (given the last one) only what changed since its cursor."""
+    """Read the whole catalogue, or (given the last one) only what changed since its cursor.
+
+    `fields`: the quantity field, the barcode field and the other one (see
+    parse_insales_product). An incremental walk asks for trashed products too, to forget them.
+    """
     if known is None:
         catalogue = InSalesCatalogue({}, (WALK_START, 0), time.time())
         since = WALK_START
@@ -946,10 +997,11 @@ def fetch_insales_catalogue(api: Api, quantity_field: str, known: InSalesCatalog
     by_product: dict = {}  # product id -> its variants
     for variant in catalogue.variants.values():
         by_product.setdefault(variant.product_id, []).append(variant)
-    for page, cursor in walk_insales(api, since, 0, progress, stop):
+    for page, cursor in walk_insales(api, since, 0, progress, stop,
+                                     with_deleted=known is not None):
         catalogue.cursor = cursor
         for product in page:
-            variants = parse_insales_product(product, quantity_field)
+            variants = parse_insales_product(product, fields, catalogue.strays)
             if variants is None:
                 catalogue.skipped += 1
                 if catalogue.skipped <= WARN_MOST:  # a cron mail, not a flood
@@ -958,6 +1010,8 @@ def fetch_insales_catalogue(api: Api, quantity_field: str, known: InSalesCatalog
                 continue
             for old in by_product.pop(product["id"], ()):
                 catalogue.variants.pop(old.id, None)
+            if product.get("archived") is True:  # in the trash: never written, forgotten
+                continue
             by_product[product["id"]] = variants
             catalogue.variants.update((v.id, v) for v in variants)
     catalogue.products = len(by_product)
@@ -1008,18 +1062,31 @@ def to_quantity(value) -> int | None:
     return None
 
 
-def parse_barcodes(record: dict) -> Collection[str]:
-    """Collect a Kaktus variant's barcodes from every shape it may use."""
-    many = record.get("barcodes")
-    if many is None:  # the common shape, one barcode string: the fast way
-        code = normalize_barcode(record.get("barcode"))
+def read_codes(value) -> Collection[str]:
+    """Read one barcode field: text or a number, or a list of them or of objects with a
+    `barcode`, `value` or `code` key."""
+    if not isinstance(value, list):
+        code = normalize_barcode(value)
         return (code,) if code else ()
-    values = [record.get("barcode")]
-    for item in many if isinstance(many, list) else []:
+    codes = set()
+    for item in value:
         if isinstance(item, dict):
             item = next((item[k] for k in ("barcode", "value", "code") if item.get(k)), None)
-        values.append(item)
-    return {code for code in map(normalize_barcode, values) if code}
+        code = normalize_barcode(item)
+        if code:
+            codes.add(code)
+    return codes
+
+
+def parse_barcodes(record: dict) -> Collection[str]:
+    """Collect a Kaktus variant's barcodes from the barcode fields: `barcode`, `barcodes`."""
+    many = record.get("barcodes")
+    if many is None:  # the common shape, one barcode string: the fast way
+        return read_codes(record.get("barcode"))
+    codes = set(read_codes(record.get("barcode")))
+    if isinstance(many, list):
+        codes.update(read_codes(many))
+    return codes
 
 
 def parse_stock(record: dict, terms: tuple) -> int | None:
@@ -1178,11 +1245,12 @@ def hold_text(holds: tuple, rules: Rules) -> str:
 
 @dataclass
 class KaktusIndex:
-    """Kaktus quantity by barcode (None: unknown stock), the barcodes held twice, and what the
-    data warnings need."""
+    """Kaktus quantity by barcode (None: unknown stock), the barcodes held twice, where the
+    barcodes were read, and what the data warnings need."""
 
     quantities: dict = field(default_factory=dict)
     duplicates: set = field(default_factory=set)
+    barcode_field: str = "barcode"   # the barcode fields, "id", or KAK2C_BARCODE_FIELD's name
     variants: int = 0
     with_barcode: int = 0
     unknown: int = 0
@@ -1191,11 +1259,23 @@ class KaktusIndex:
     first_unknown: dict | None = None   # the first with unknown stock: keys actually seen
 
 
-def index_kak2c(pages: Iterable[list], terms: tuple) -> KaktusIndex:
-    """Index Kaktus variants by barcode, in both shapes: product->variants and one per product."""
+def index_kak2c(pages: Iterable[list], terms: tuple, barcode_field: str = "auto") -> KaktusIndex:
+    """Index Kaktus variants by barcode, in both shapes: product->variants and one per product.
+
+    With `auto`, the barcode fields; when not one variant of the whole catalogue has one, the
+    variant ids (the original integration's account uses its barcodes as ids). Ids are only
+    gathered until the first barcode shows, so an account with barcode fields never has its ids
+    matched. Another name reads that field alone.
+    """
     index = KaktusIndex()
-    quantities, duplicates = index.quantities, index.duplicates
-    variants = without_barcode = 0  # locals: the loop runs 100,000 times
+    if barcode_field == "auto":
+        read = parse_barcodes
+    else:
+        index.barcode_field = barcode_field
+        read = functools.partial(_read_field, barcode_field)
+    by_id: dict | None = {} if barcode_field == "auto" else None
+    by_id_twice: set = set()
+    variants = without_barcode = with_id = 0  # locals: the loop runs 100,000 times
     for products in pages:
         for product in products:
             if not isinstance(product, dict):
@@ -1210,18 +1290,32 @@ def index_kak2c(pages: Iterable[list], terms: tuple) -> KaktusIndex:
                 if quantity is None:
                     index.unknown += 1
                     index.first_unknown = index.first_unknown or variant
-                codes = parse_barcodes(variant)
-                if not codes:
+                codes = read(variant)
+                if codes:
+                    by_id, quantities, duplicates = None, index.quantities, index.duplicates
+                else:
                     without_barcode += 1
                     index.first_variant = index.first_variant or variant
+                    if by_id is None:
+                        continue
+                    codes = read_codes(variant.get("id"))
+                    quantities, duplicates = by_id, by_id_twice
+                    with_id += bool(codes)
                 for barcode in codes:
                     if barcode in quantities:  # it stays there until all pages are in
                         duplicates.add(barcode)
                     quantities[barcode] = quantity
-    for barcode in duplicates:
-        quantities.pop(barcode, None)
     index.variants, index.with_barcode = variants, variants - without_barcode
+    if by_id:  # not one barcode field anywhere: the ids are the barcodes
+        index.quantities, index.duplicates, index.barcode_field = by_id, by_id_twice, "id"
+        index.with_barcode = with_id
+    for barcode in index.duplicates:
+        index.quantities.pop(barcode, None)
     return index
+
+
+def _read_field(name: str, variant: dict) -> Collection[str]:
+    return read_codes(variant.get(name))
 
 
 @dataclass
@@ -1324,6 +1418,7 @@ def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: di
         "unknown_stock": tally["unknown"],
         "held_variants": len(held),
         "held_units": sum(units for _, d in held for units, _ in d.track.holds),
+        "kak2c_barcode_field": kak2c.barcode_field,
     }
     return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kak2c,
                 previous, now, rules)
@@ -1340,22 +1435,43 @@ def check_guard(plan: Plan, share: float) -> str | None:
     return None
 
 
-def data_warnings(plan: Plan, settings: Settings) -> list:
-    """Say what in the data looks unlike a working setup, naming what to look at."""
+KAK2C_SHAPES = ("barcode (text), barcodes (a list of texts, or of objects with barcode, value "
+                "or code), and the variant id when no variant has either")
+
+
+def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
+    """Say what in the data looks unlike a working setup, naming what to look at.
+
+    `strays`: the other InSales barcode field's values, where the set one was empty.
+    """
     kak2c, counts, warnings = plan.kak2c, plan.counts, []
+    keys = ", ".join(sorted(map(str, kak2c.first_variant or {}))) or "-"  # one without a barcode
+    setting = f"KAK2C_BARCODE_FIELD={settings.kak2c_barcode_field}"
     if kak2c.variants and not kak2c.with_barcode:
-        keys = ", ".join(sorted(map(str, kak2c.first_variant or {}))) or "-"  # none has one
-        warnings.append(f"none of the {kak2c.variants} Kaktus variants carries a barcode; keys "
-                        f"seen on a variant: {keys}; understood: barcode (text), barcodes (list "
-                        "of texts, or of objects with barcode, value or code)")
+        warnings.append(f"none of the {kak2c.variants} Kaktus variants carries a barcode where "
+                        f"{setting} reads it; keys seen on a variant: {keys}; understood with "
+                        f"auto: {KAK2C_SHAPES}; or set the one field that holds it")
+    field, other = settings.insales_fields[1:]
+    if counts["insales_variants"] and not counts["insales_with_barcode"]:
+        hint = ""
+        if len(strays) * 2 > counts["insales_variants"]:
+            hint = (f"; {other} is filled on {len(strays)} of them (e.g. {str(strays[0])[:40]!r}): "
+                    f"if it holds the barcodes, set INSALES_BARCODE_FIELD={other}")
+        warnings.append(f"none of the {counts['insales_variants']} InSales variants has a barcode "
+                        f"in INSALES_BARCODE_FIELD={field}{hint}")
     if kak2c.unknown * 2 > kak2c.variants:
-        keys = sorted(stock_entry_keys(kak2c.first_unknown or {}))
+        stock_keys = sorted(stock_entry_keys(kak2c.first_unknown or {}))
         warnings.append(f"{kak2c.unknown} of {kak2c.variants} Kaktus variants have unknown stock; "
                         f"check KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)!r}"
-                        f" against the keys seen on a stock entry: {', '.join(keys) or '-'}")
+                        f" against the keys seen on a stock entry: {', '.join(stock_keys) or '-'}")
     if counts["matched"] == 0 and plan.unique and kak2c.quantities:
+        hint = ""
+        if kak2c.barcode_field == "id" and settings.kak2c_barcode_field == "auto":
+            hint = (f"; no Kaktus variant has a barcode field, so their ids were taken as "
+                    f"barcodes: if the barcodes sit elsewhere, set KAK2C_BARCODE_FIELD to that "
+                    f"field (keys seen on a variant: {keys})")
         warnings.append(f"not one barcode matches: InSales has e.g. {next(iter(plan.unique))!r}, "
-                        f"Kaktus e.g. {next(iter(kak2c.quantities))!r} (both normalised)")
+                        f"Kaktus e.g. {next(iter(kak2c.quantities))!r} (both normalised){hint}")
     sharing = sum(map(len, plan.shared.values()))
     if sharing * 10 > counts["insales_with_barcode"]:
         warnings.append(f"{sharing} of {counts['insales_with_barcode']} InSales variants share "
@@ -1405,8 +1521,10 @@ def rejected_ids(answer: Answer, ids: list) -> set:
     if not isinstance(items, list):
         return set()
     asked = set(ids)
-    return {item.get("id") for item in items if isinstance(item, dict)
-            and item.get("status") not in (None, "ok") and item.get("id") in asked}
+    # Any value may be any JSON: an id that is not an integer of this batch is not one of ours.
+    return {item["id"] for item in items if isinstance(item, dict)
+            and type(item.get("id")) is int and item["id"] in asked  # noqa: E721
+            and item.get("status") not in (None, "ok")}
 
 
 def _ids(ids: list, most: int = 20) -> str:
@@ -1587,8 +1705,8 @@ def save_report(path: Path | None, plan: Plan, outcome: dict) -> None:
 SUMMARY_KEYS = ("status", "mode", "insales_variants", "insales_with_barcode",
                 "insales_duplicate_barcodes", "kak2c_variants", "kak2c_duplicate_barcodes",
                 "matched", "changed", "updated", "failed", "unmatched_insales", "unmatched_kak2c",
-                "unknown_stock", "skipped_records", "held_variants", "held_units", "guard",
-                "error")
+                "unknown_stock", "skipped_records", "held_variants", "held_units",
+                "kak2c_barcode_field", "guard", "error")
 
 
 @dataclass
@@ -1607,6 +1725,7 @@ class SyncResult:
 
 def make_summary(result: SyncResult, requests_sent: dict, duration: float) -> dict:
     summary = dict.fromkeys(SUMMARY_KEYS, 0)
+    summary["kak2c_barcode_field"] = None  # a run that read no Kaktus catalogue did not choose
     summary.update(result.counts)
     summary.update(status=result.status, mode=result.mode, updated=result.updated,
                    failed=result.failed, skipped_records=result.skipped_records,
@@ -1724,11 +1843,11 @@ def fetch_catalogues(settings: Settings, insales: Api, kak2c: Api,
     token = KaktusToken(kak2c, settings.kak2c_credentials, settings.token_file)
     stop = threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        reading = pool.submit(fetch_insales_catalogue, insales, settings.quantity_field, known,
+        reading = pool.submit(fetch_insales_catalogue, insales, settings.insales_fields, known,
                               progress, stop)
         try:
             pages = walk_kak2c(kak2c, token, progress, settings.kak2c_page_size, after=reading)
-            index = index_kak2c(pages, settings.stock_terms)
+            index = index_kak2c(pages, settings.stock_terms, settings.kak2c_barcode_field)
         except BaseException:
             stop.set()  # Kaktus failed: the InSales walk need not go on
             raise
@@ -1751,7 +1870,11 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api) -> 
     for variant, event in plan.events:
         log.debug("hold %s: barcode %s, variant %s (%s): %d units", event.kind, variant.barcode,
                   variant.id, variant.title[:50], event.units)
-    for warning in data_warnings(plan, settings):
+    log.info("Kaktus barcodes read from %s (KAK2C_BARCODE_FIELD=%s)",
+             "the variant ids" if index.barcode_field == "id" else
+             "barcode, barcodes" if index.barcode_field == "barcode" else index.barcode_field,
+             settings.kak2c_barcode_field)
+    for warning in data_warnings(plan, settings, catalogue.strays):
         log.warning("%s", warning)
     result = SyncResult("dry-run", "full" if full else "incremental", plan.counts,
                         skipped_records=catalogue.skipped + index.skipped,
@@ -1817,8 +1940,15 @@ def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
                       "InSales GET /admin/products.json", list)
     products, total = parse_kak2c_page(
         fetch_kak2c_page(kak2c, token, 0, settings.kak2c_page_size), 0)
+    strays: list = []
+    shop_variants = [v for product in page
+                     for v in parse_insales_product(product, settings.insales_fields, strays) or ()]
+    field, other = settings.insales_fields[1:]
     lines = [f"InSales {settings.insales_url}: {count} products; first page read "
-             f"({len(page)} products); writing {settings.quantity_field}"]
+             f"({len(page)} products); writing {settings.quantity_field}",
+             f"  barcodes read from {field} (INSALES_BARCODE_FIELD): "
+             f"{sum(v.barcode is not None for v in shop_variants)} of {len(shop_variants)} "
+             f"variants on that page carry one; {len(strays)} without one have {other} filled"]
     for house in warehouses:
         if isinstance(house, dict):
             index = house.get("array_index")
@@ -1827,7 +1957,7 @@ def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
     variants = [v for product in products for v in kak2c_variants(product) if isinstance(v, dict)]
     nested = sum(isinstance(p, dict) and isinstance(p.get("variants"), list) for p in products)
     stock_keys = set().union(*map(stock_entry_keys, variants))
-    index = index_kak2c([products], settings.stock_terms)
+    index = index_kak2c([products], settings.stock_terms, settings.kak2c_barcode_field)
     lines += [
         f"Kaktus {settings.kak2c_url}: logged in; recordsTotal={total}, "
         f"{len(products)} products on page 0",
@@ -1836,6 +1966,9 @@ def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
         f"  variant keys: {', '.join(sorted({str(k) for v in variants for k in v})) or '-'}",
         f"  stock entry keys: {', '.join(sorted(stock_keys)) or '-'} "
         f"(KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)})",
+        f"  barcodes read from {index.barcode_field} (KAK2C_BARCODE_FIELD="
+        f"{settings.kak2c_barcode_field}, as resolved on page 0): {index.with_barcode} of "
+        f"{index.variants} variants on page 0 carry one",
         f"  on page 0: {len(index.quantities)} barcodes, {len(index.duplicates)} duplicated, "
         f"{index.unknown} variants with unreadable stock"]
     for line in lines:
@@ -1888,7 +2021,8 @@ def parse_args(argv) -> argparse.Namespace:
                     "barcode, less the sales Kaktus has not seen yet. One run, then exit: put it "
                     "in a crontab. Settings come from the environment and .env (see "
                     ".env.example): INSALES_URL, INSALES_API_KEY, INSALES_API_PASSWORD, "
-                    "INSALES_WAREHOUSE, KAK2C_URL, KAK2C_CREDENTIALS_FILE, KAK2C_LOGIN, "
+                    "INSALES_WAREHOUSE, INSALES_BARCODE_FIELD, KAK2C_BARCODE_FIELD, KAK2C_URL, "
+                    "KAK2C_CREDENTIALS_FILE, KAK2C_LOGIN, "
                     "KAK2C_PASSWORD, KAK2C_TOKEN_FILE, KAK2C_STOCK_FIELD, KAK2C_PAGE_SIZE, "
                     "KAK2C_DOMAIN, SYNC_STOCK_BUFFER, SYNC_HOLD_MINUTES, SYNC_LOCK_FILE, "
                     "SYNC_MODE, SYNC_FULL_EVERY, SYNC_STATE_FILE, SYNC_MAX_WAIT, SYNC_TIMEOUT, "

@@ -78,7 +78,7 @@ def test_log_file_has_iso_timestamps_and_the_summary_line(box, run, tmp_path):
     assert lines and all(ISO_LINE.match(line) for line in lines)
     summary = [line for line in lines if "status=ok" in line]
     assert len(summary) == 1
-    for key in ("matched=1", "changed=1", "updated=1", "failed=0", "requests.insales=2"):
+    for key in ("matched=1", "changed=1", "updated=1", "failed=0", "requests.insales=3"):
         assert key in summary[0]
     assert result.summary["updated"] == 1
     assert not any(" DEBUG " in line for line in lines)
@@ -208,12 +208,14 @@ def test_a_healthy_catalogue_warns_of_nothing(box, run):
 
 
 def test_warns_when_no_kaktus_variant_has_a_barcode(box, run):
-    """Barcodes in a field we do not read: a warning naming the keys seen, even with -q."""
+    """Barcodes in a field we do not read, and no ids: a warning naming the setting and the
+    keys seen, even with -q."""
     for n in range(5):
         box.insales.add_product(f"P{n}", [{"barcode": f"B{n}", "quantity": 1}])
-        box.kak2c.add_product({"id": n, "ean": f"B{n}", "stock": [{"stockTotal": 2}]})
+        box.kak2c.add_product({"sku": n, "ean": f"B{n}", "stock": [{"stockTotal": 2}]})
     [warning] = warnings_of(run("-q"))
     assert "none of the 5 Kaktus variants carries a barcode" in warning
+    assert "KAK2C_BARCODE_FIELD=auto" in warning
     assert "ean" in warning and "barcodes" in warning
 
 

@@ -171,3 +171,41 @@ def test_kaktus_size_and_domain(box):
     assert requests.get(url, headers=headers, timeout=10).status_code == 403
     answer = requests.get(url, headers={**headers, "Domain": "shop123"}, timeout=10)
     assert answer.status_code == 200
+
+
+def test_insales_trash_shows_only_to_with_deleted_walks(box):
+    """A trashed product leaves the plain walk; with_deleted shows it marked archived, and
+    deleted shows it alone."""
+    sandbox.fill_sample(box, products=3, sizes=1, quirks=False)
+    trashed = next(iter(box.insales.products))
+    box.insales.trash_product(trashed)
+    since = {"updated_since": "2000-01-01T00:00:00+00:00", "from_id": 0}
+    plain = insales_get(box, "/admin/products.json", **since).json()
+    assert trashed not in {p["id"] for p in plain} and len(plain) == 2
+    every = insales_get(box, "/admin/products.json", with_deleted="true", **since).json()
+    assert [p["archived"] for p in every if p["id"] == trashed] == [True] and len(every) == 3
+    only = insales_get(box, "/admin/products.json", deleted="true", **since).json()
+    assert [p["id"] for p in only] == [trashed]
+
+
+def test_insales_can_serve_fewer_than_asked_and_time_out_on_big_pages(box):
+    """serve_at_most caps a page below per_page; timeout_above answers 504 to bigger pages."""
+    sandbox.fill_sample(box, products=300, sizes=1, quirks=False)
+    box.insales.serve_at_most = 100
+    assert len(insales_get(box, "/admin/products.json", per_page=250).json()) == 100
+    box.insales.timeout_above = 50
+    assert insales_get(box, "/admin/products.json", per_page=100).status_code == 504
+    assert len(insales_get(box, "/admin/products.json", per_page=50).json()) == 50
+
+
+def test_sample_layouts_of_real_accounts(box):
+    """kaktus_barcodes_in="id": ids are the barcodes (text and numbers), no barcode field;
+    insales_barcodes_in="sku": barcode null, the code in sku."""
+    sandbox.fill_sample(box, products=10, kaktus_barcodes_in="id", insales_barcodes_in="sku")
+    variants = box.kak2c.variants()
+    assert not any("barcode" in v or "barcodes" in v for v in variants)
+    assert {type(v["id"]) for v in variants} == {int, str}
+    shop = box.insales.all_variants()
+    assert all(v["barcode"] is None for v in shop)
+    codes = {str(v["id"]).strip().lstrip("0") for v in variants}
+    assert sum((v["sku"] or "").strip().lstrip("0") in codes for v in shop) > len(shop) // 2
