@@ -62,6 +62,7 @@ class Fault:
     times: int = 1               # how many matching requests get it
     after: int = 0               # let this many matching requests through first
     reset: bool = False          # drop the connection without answering
+    lose_answer: bool = False    # serve the request (a write lands), then drop the answer
     hang: float = 0.0            # wait this long first (a read timeout)
     run: Callable | None = None  # do this first (e.g. expire the tokens)
 
@@ -183,6 +184,10 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = fault.status, fault.body
         else:
             status, headers, body = emulator.handle(request)
+        if fault and fault.lose_answer:
+            emulator.record(request, 0)
+            self.drop_connection()
+            return
         if emulator.rewrite is not None:
             status, headers, body = emulator.rewrite(request, status, headers, body)
         emulator.record(request, status)
@@ -239,6 +244,7 @@ class InSales(Emulator):
                            {"id": 12, "title": "Kaktus", "array_index": 1}]
         self.rate_limit, self.rate_window, self.rate_status = 500, 300.0, 429
         self.window_start, self.used = 0.0, 0
+        self.time_step_ms = 1                   # the resolution of updated_at
         self.serve_at_most: int | None = None   # a shop that serves fewer a page than asked
         self.timeout_above: int | None = None   # answer 504 to pages of more products than this
         self.group_answer = "statuses"  # or "empty": the update was queued
@@ -284,8 +290,9 @@ class InSales(Emulator):
             return product
 
     def touch(self, product_id: int) -> None:
-        """Move a product's updated_at to now, as any change of it or its variants does."""
-        ms = int(self.clock() * 1000)
+        """Move a product's updated_at to now, as any change of it or its variants does (in
+        steps of `time_step_ms`: a shop whose times have one-second resolution, or coarser)."""
+        ms = int(self.clock() * 1000) // self.time_step_ms * self.time_step_ms
         self.updated_ms[product_id] = ms
         self.products[product_id]["updated_at"] = insales_time(ms)
         self._order = None
@@ -420,11 +427,13 @@ class InSales(Emulator):
             variant[key] = value if key == "quantity" else f"{value}.0"
         self.touch(variant["product_id"])
 
-    def apply_queued(self) -> None:
-        """Apply the writes InSales queued, as it does a little later."""
+    def apply_queued(self, only: set | None = None) -> None:
+        """Apply the writes InSales queued, as it does a little later (`only` these variants';
+        the others are dropped, as a write lost on the way)."""
         with self.lock:
             for variant_id, fields in self.queued:
-                self._apply(variant_id, fields)
+                if only is None or variant_id in only:
+                    self._apply(variant_id, fields)
             self.queued.clear()
 
     def _valid_field(self, key: str, value) -> bool:
@@ -581,11 +590,12 @@ class Sandbox:
     def advance(self, seconds: float) -> None:
         self.clock.offset += seconds
 
-    def add_demo_pair(self, barcode: str = "4600000000994", stock: int = 5) -> int:
-        """Add one plain pair for the demo's story, in sync at `stock`; return the InSales
-        variant id."""
-        product = self.insales.add_product("Sneakers (demo)", [{"barcode": barcode,
-                                                                "quantity": stock, "title": "42"}])
+    def add_demo_pair(self, barcode: str = "4600000000994", stock: int = 5,
+                      shown: int | None = None) -> int:
+        """Add one plain pair for the demo's story: Kaktus holds `stock`, InSales shows `shown`
+        (`stock` when None); return the InSales variant id."""
+        product = self.insales.add_product("Sneakers (demo)", [{
+            "barcode": barcode, "quantity": stock if shown is None else shown, "title": "42"}])
         self.kak2c.add_product({"id": 4242, "name": "Sneakers (demo)", "barcode": barcode,
                                 "stock": [{"warehouse": "MSK", "stockTotal": stock}]})
         return product["variants"][0]["id"]

@@ -64,7 +64,7 @@ GUARD_MIN_ZEROED = 10       # the zeroing guard only speaks from this many zeroe
 AUTO_INCREMENTAL_PRODUCTS = 12_500  # over 50 pages a full walk costs half the budget a minute
 CURSOR_REWIND = timedelta(seconds=2)  # InSales times may have one-second resolution
 WALK_START = "2000-01-01T00:00:00.000+00:00"
-STATE_VERSION = 2
+STATE_VERSION = 3
 DRY_RUN_ROWS = 50
 WARN_MOST = 5               # malformed records named one by one in a run's log
 EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_UPSTREAM, EXIT_REFUSED = 0, 1, 2, 3, 4
@@ -931,6 +931,7 @@ class Variant(NamedTuple):
     barcode: str | None
     quantity: int | None
     title: str
+    updated_at: str | None   # the product's, as read: tells a sale from our write not landed
 
 
 def _as(kind: type) -> Callable:
@@ -953,8 +954,9 @@ def parse_insales_product(product, fields: tuple, strays: list) -> list | None:
     if not isinstance(variants, list):
         return None
     quantity_field, barcode_field, other_field = fields
-    title = product.get("title")
+    title, updated_at = product.get("title"), product.get("updated_at")
     title = title if isinstance(title, str) else ""
+    updated_at = updated_at if isinstance(updated_at, str) else None
     result = []
     for variant in variants:
         if not isinstance(variant, dict) or type(variant.get("id")) is not int:  # noqa: E721
@@ -965,7 +967,8 @@ def parse_insales_product(product, fields: tuple, strays: list) -> list | None:
             strays.append(variant[other_field])
         result.append(new_variant((
             variant["id"], product["id"], barcode, to_quantity(variant.get(quantity_field)),
-            f"{title} / {name}" if isinstance(name, str) and name and name != title else title)))
+            f"{title} / {name}" if isinstance(name, str) and name and name != title else title,
+            updated_at)))
     return result
 
 
@@ -1120,7 +1123,7 @@ def parse_stock(record: dict, terms: tuple) -> int | None:
 class Track(NamedTuple):
     """A matched variant as the last run that kept its state left it (see follow_holds)."""
 
-    seen: int        # S: the InSales quantity it read
+    seen: int        # S: the InSales quantity it read (R once InSales confirmed our write)
     announced: int   # R: what it wrote or announced it would write there, or S
     stock: int       # the Kaktus stock it read
     holds: tuple     # ((units, seen at), ...), oldest first: sales Kaktus has not seen yet
@@ -1129,16 +1132,23 @@ class Track(NamedTuple):
 class HoldEvent(NamedTuple):
     kind: str        # "sale", "caught up", "cancelled", "expired"
     units: int
+    age: float = 0.0  # "caught up": how long the oldest hold it released had waited
 
 
-def follow_holds(track: Track | None, quantity: int, stock: int, now: float,
+def follow_holds(track: Track | None, quantity: int, stock: int, moved: bool, now: float,
                  window: float) -> tuple:
     """Carry a variant's holds one run on; return (new holds, events).
 
-    A sale is an InSales quantity Q below R and not equal to S (Q = S: our write has not
-    landed, or nothing happened; Q = R: it landed). InSales rising by itself releases the
-    newest holds; Kaktus' stock falling (it has seen the orders) releases the oldest, after
-    this run's sale is held; a hold expires `window` seconds after it was seen.
+    Q is `quantity`, S and R the track's; `moved`: the product's updated_at is not the one
+    read with S. When in doubt a rule holds rather than releases: a unit shown too few costs a
+    sale, a unit sold twice costs a customer.
+    - A sale: Q below R, and Q not S, or Q = S while the product moved (our write landed and a
+      customer bought back what it added). Q = S unmoved: our write has not landed; Q = R: it
+      landed.
+    - InSales rising by itself (Q above R, not S: a cancel, a return) releases the newest holds,
+      less what Kaktus rose by too: a cancel both sides counted frees no other order's hold.
+    - Kaktus falling (it has seen the orders) releases the oldest, after this run's sale is
+      held; a hold expires `window` seconds after it was seen.
     """
     if track is None or window <= 0:
         return (), ()
@@ -1148,17 +1158,18 @@ def follow_holds(track: Track | None, quantity: int, stock: int, now: float,
     if expired:
         events.append(HoldEvent("expired", expired))
     seen, announced = track.seen, track.announced
-    if quantity < announced and quantity != seen:
+    if quantity < announced and (quantity != seen or moved):
         holds.append((announced - quantity, now))
         events.append(HoldEvent("sale", announced - quantity))
     elif quantity > announced and quantity != seen:
-        released = _release(holds, quantity - announced, newest_first=True)
+        released = _release(holds, quantity - announced - max(0, stock - track.stock),
+                            newest_first=True)
         if released:
             events.append(HoldEvent("cancelled", released))
-    if stock < track.stock:
+    if stock < track.stock and holds:
+        age = now - holds[0][1]
         released = _release(holds, track.stock - stock, newest_first=False)
-        if released:
-            events.append(HoldEvent("caught up", released))
+        events.append(HoldEvent("caught up", released, age))
     return tuple(holds), tuple(events)
 
 
@@ -1209,12 +1220,12 @@ MISSING = object()
 
 
 def decide(variant: Variant, kak2c: KaktusIndex, track: Track | None, now: float,
-           rules: Rules) -> Decision:
+           rules: Rules, moved: bool = False) -> Decision:
     """Decide what to do with a variant whose barcode no other InSales variant holds.
 
     The rules, in order: a barcode Kaktus holds twice, or not at all, or with unknown stock is
     skipped; otherwise publish max(0, Kaktus stock - held - buffer), an update where InSales
-    shows another figure.
+    shows another figure. `moved`: see has_moved().
     """
     stock = kak2c.quantities.get(variant.barcode, MISSING)
     if stock is MISSING:
@@ -1225,7 +1236,7 @@ def decide(variant: Variant, kak2c: KaktusIndex, track: Track | None, now: float
     if quantity is None:  # unreadable in InSales: Kaktus' figure, nothing to follow
         publish = max(0, stock - rules.buffer)
         return Decision("update", "update", "stock differs", publish)
-    holds, events = follow_holds(track, quantity, stock, now, rules.hold_window)
+    holds, events = follow_holds(track, quantity, stock, moved, now, rules.hold_window)
     publish = max(0, stock - sum(units for units, _ in holds) - rules.buffer)
     rule, action = ("same", "unchanged") if publish == quantity else ("update", "update")
     if holds:
@@ -1235,6 +1246,13 @@ def decide(variant: Variant, kak2c: KaktusIndex, track: Track | None, now: float
     announced = publish if rule == "update" else quantity
     return Decision(rule, action, reason, publish, Track(quantity, announced, stock, holds),
                     events)
+
+
+def has_moved(variant: Variant, track: Track | None, read_before: Mapping) -> bool:
+    """Whether the variant's product changed since the last run read it, where that tells a
+    sale from our own write not landed yet (the last run wrote there, unconfirmed)."""
+    return track is not None and track.announced != track.seen \
+        and read_before.get(variant.id) != variant.updated_at
 
 
 def hold_text(holds: tuple, rules: Rules) -> str:
@@ -1332,8 +1350,9 @@ class Plan:
     unique: dict        # barcode -> the one InSales variant holding it
     shared: dict        # barcode -> the InSales variants holding it together
     kak2c: KaktusIndex
-    previous: dict      # the tracks the plan started from, and when, and by which rules:
-    now: float          # what rows() needs to decide again
+    previous: dict      # the tracks the plan started from, the updated_at they were read
+    read_before: dict   # with, and when, and by which rules: what rows() needs to decide again
+    now: float
     rules: Rules
 
     def rows(self) -> Iterator[tuple]:
@@ -1344,8 +1363,9 @@ class Plan:
             for variant in held:
                 yield barcode, variant, quantities.get(barcode), DUPLICATE_IN_INSALES
         for barcode, variant in self.unique.items():
-            decision = decide(variant, self.kak2c, self.previous.get(variant.id), self.now,
-                              self.rules)
+            track = self.previous.get(variant.id)
+            decision = decide(variant, self.kak2c, track, self.now, self.rules,
+                              has_moved(variant, track, self.read_before))
             yield barcode, variant, quantities.get(barcode), decision
         for barcode, quantity in quantities.items():
             if barcode not in self.unique and barcode not in self.shared:
@@ -1370,25 +1390,30 @@ def split_duplicates(variants: Collection[Variant]) -> tuple:
 
 
 def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: dict | None = None,
-                 now: float = 0.0, rules: Rules = PLAIN) -> Plan:
-    """Join both sides by barcode, decide every barcode, and plan the writes."""
-    previous = previous or {}
+                 now: float = 0.0, rules: Rules = PLAIN, read_before: dict | None = None) -> Plan:
+    """Join both sides by barcode, decide every barcode, and plan the writes.
+
+    `previous`: the last run's Track by variant id; `read_before`: the updated_at of each
+    variant's product as that run read it.
+    """
+    previous, read_before = previous or {}, read_before or {}
     unique, shared, coded = split_duplicates(variants)
     tally = dict.fromkeys(("update", "same", "unknown", "not_in_kak2c", "duplicate_kak2c"), 0)
     updates, tracks, held, events, stocked, zeroed = [], {}, [], [], 0, 0
     quantities = kak2c.quantities
     # Within a run, decide() of a variant with a known stock depends on (quantity, stock,
-    # track) alone, and a catalogue has few such triples: look its answer up rather than
+    # track, moved) alone, and a catalogue has few such keys: look its answer up rather than
     # decide it again for each of 100,000 variants.
     table: dict = {}
     # One pass in the catalogue's own order: walking a set of barcodes instead jumps around
     # memory, which at 100,000 variants costs more than this whole loop.
     for variant in unique.values():
         track, stock = previous.get(variant.id), quantities.get(variant.barcode)
-        key = (variant.quantity, stock, track)
+        moved = has_moved(variant, track, read_before)
+        key = (variant.quantity, stock, track, moved)
         decision = table.get(key)
         if decision is None:
-            decision = decide(variant, kak2c, track, now, rules)
+            decision = decide(variant, kak2c, track, now, rules, moved)
             if stock is not None:  # a missing or unknown stock is the barcode's own case
                 table[key] = decision
         tally[decision.rule] += 1
@@ -1418,10 +1443,13 @@ def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: di
         "unknown_stock": tally["unknown"],
         "held_variants": len(held),
         "held_units": sum(units for _, d in held for units, _ in d.track.holds),
+        "expired_units": sum(e.units for _, e in events if e.kind == "expired"),
+        "caught_up_after_s": max((round(e.age, 1) for _, e in events if e.kind == "caught up"),
+                                 default=None),
         "kak2c_barcode_field": kak2c.barcode_field,
     }
     return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kak2c,
-                previous, now, rules)
+                previous, read_before, now, rules)
 
 
 def check_guard(plan: Plan, share: float) -> str | None:
@@ -1472,6 +1500,14 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
                     f"field (keys seen on a variant: {keys})")
         warnings.append(f"not one barcode matches: InSales has e.g. {next(iter(plan.unique))!r}, "
                         f"Kaktus e.g. {next(iter(kak2c.quantities))!r} (both normalised){hint}")
+    expired = [(variant, event) for variant, event in plan.events if event.kind == "expired"]
+    if expired:
+        warnings.append(
+            f"{counts['expired_units']} held units expired in this run before Kaktus' stock fell "
+            f"(e.g. barcode {expired[0][0].barcode!r}), so they are on sale again: this Kaktus "
+            f"may count orders later than SYNC_HOLD_MINUTES={settings.hold_minutes:g} (at "
+            "shipment rather than at reservation?); set SYNC_HOLD_MINUTES longer, or "
+            "KAK2C_STOCK_FIELD=stockTotal-stockReserved if its stock entries carry a reserve")
     sharing = sum(map(len, plan.shared.values()))
     if sharing * 10 > counts["insales_with_barcode"]:
         warnings.append(f"{sharing} of {counts['insales_with_barcode']} InSales variants share "
@@ -1481,13 +1517,27 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
 
 # --- writing InSales --------------------------------------------------------------------------
 
-def apply_plan(api: Api, updates: list, quantity_field: str) -> tuple:
+class Writes(NamedTuple):
+    """What became of the planned writes, by variant id."""
+
+    written: list     # accepted by InSales
+    confirmed: set    # of those, the ones it answered "ok" for (the rest were queued: [])
+    refused: list     # refused by InSales, or never sent: not made
+    unsure: list      # sent in a call that failed for good: they may have landed or not
+    stopped: str | None  # why the writing stopped before the end
+
+    @property
+    def failed(self) -> list:
+        return self.refused + self.unsure
+
+
+def apply_plan(api: Api, updates: list, quantity_field: str) -> Writes:
     """Write the planned quantities 100 at a time.
 
-    Return (written ids, failed ids, why the writing stopped or None). A rejected batch does not
-    stop the others; an API that stays down after the retries does.
+    A rejected batch does not stop the others; an API that stays down after the retries does.
+    Retrying a call is safe: it sets absolute quantities, so one applied twice is applied once.
     """
-    written, failed = [], []
+    outcome = Writes([], set(), [], [], None)
     for start in range(0, len(updates), WRITE_BATCH):
         batch = updates[start:start + WRITE_BATCH]
         body = {"variants": [{"id": v.id, quantity_field: d.publish} for v, d in batch]}
@@ -1495,36 +1545,42 @@ def apply_plan(api: Api, updates: list, quantity_field: str) -> tuple:
         try:
             answer = api.request("PUT", "/admin/products/variants_group_update.json", json=body)
         except UpstreamError as exc:
-            rest = [variant.id for variant, _ in updates[start:]]
-            log.error("%s; not written: %d variants (ids %s)", exc, len(rest), _ids(rest))
-            return written, failed + rest, str(exc)
-        rejected = rejected_ids(answer, ids)
+            rest = [variant.id for variant, _ in updates[start + WRITE_BATCH:]]
+            log.error("%s; not known to be written: %d variants (ids %s)", exc,
+                      len(ids) + len(rest), _ids(ids + rest))
+            outcome.unsure.extend(ids)
+            outcome.refused.extend(rest)
+            return outcome._replace(stopped=str(exc))
+        rejected, confirmed = read_statuses(answer, ids)
         if rejected:
             log.error("InSales rejected %d of %d variants (HTTP %s%s): ids %s", len(rejected),
                       len(ids), answer.status, error_detail(answer), _ids(sorted(rejected)))
-        failed.extend(i for i in ids if i in rejected)
-        written.extend(i for i in ids if i not in rejected)
-    return written, failed, None
+        outcome.refused.extend(i for i in ids if i in rejected)
+        outcome.written.extend(i for i in ids if i not in rejected)
+        outcome.confirmed.update(confirmed)
+    return outcome
 
 
-def rejected_ids(answer: Answer, ids: list) -> set:
-    """Tell which ids of a batch InSales refused: all on an error status, else those it marks.
+def read_statuses(answer: Answer, ids: list) -> tuple:
+    """Tell (the ids InSales refused, those it answered "ok" for) of one batch: all refused on
+    an error status, else by the statuses it gives.
 
     The answer may be per-item statuses or [] (queued): never count on statuses being there.
     """
     if answer.status != 200:
-        return set(ids)
+        return set(ids), set()
     try:
         items = json.loads(answer.body)
     except (ValueError, RecursionError):
-        return set()
+        return set(), set()
     if not isinstance(items, list):
-        return set()
+        return set(), set()
     asked = set(ids)
     # Any value may be any JSON: an id that is not an integer of this batch is not one of ours.
-    return {item["id"] for item in items if isinstance(item, dict)
-            and type(item.get("id")) is int and item["id"] in asked  # noqa: E721
-            and item.get("status") not in (None, "ok")}
+    ours = [item for item in items if isinstance(item, dict)
+            and type(item.get("id")) is int and item["id"] in asked]  # noqa: E721
+    rejected = {item["id"] for item in ours if item.get("status") not in (None, "ok")}
+    return rejected, {item["id"] for item in ours if item.get("status") == "ok"} - rejected
 
 
 def _ids(ids: list, most: int = 20) -> str:
@@ -1536,95 +1592,131 @@ def _ids(ids: list, most: int = 20) -> str:
 
 @dataclass
 class State:
-    """What the last run that kept its state left: per matched variant its Track, and (for
-    incremental mode) the InSales catalogue as walked, merged and written."""
+    """What the last run that kept its state left: per matched variant its Track and the
+    updated_at of its product as read, and (for incremental mode) the InSales catalogue as
+    walked, merged and written."""
 
     tracks: dict
+    read_before: dict
     catalogue: InSalesCatalogue | None
+
+
+class BadState(ValueError):
+    """A state file that this version cannot read: the run starts afresh."""
 
 
 def shop_key(settings: Settings) -> str:
     return f"{settings.insales_url}#{settings.quantity_field}"
 
 
-# The state's tables as named columns, with the types each column may hold.
-TRACK_COLUMNS = {"id": {int}, "seen": {int}, "announced": {int}, "stock": {int}}
+# The state's tables as named columns, with the types each column may hold. A track's columns
+# are a Track's first fields, then the updated_at its product was read with.
+TRACK_COLUMNS = {"id": {int}, "seen": {int}, "announced": {int}, "stock": {int},
+                 "read_at": {str, type(None)}}
 VARIANT_COLUMNS = {"id": {int}, "product_id": {int}, "barcode": {str, type(None)},
-                   "quantity": {int, type(None)}, "title": {str}}
+                   "quantity": {int, type(None)}, "title": {str}, "updated_at": {str, type(None)}}
 
 
 def load_state(settings: Settings) -> State | None:
     """Return the last run's state; None (a plain run, a full walk) when it is missing,
     unreadable, of another version or of another shop."""
-    data = load_json_file(settings.state_file)
+    path = settings.state_file
+    data = load_json_file(path)
     if data is None:
         return None
+    version = data.get("version") if isinstance(data, dict) else None
+    if version != STATE_VERSION:
+        log.warning("%s was written by another version of sync_stock (state version %s, this "
+                    "one reads %s); starting afresh: no holds this run, a full walk",
+                    path, str(version)[:20], STATE_VERSION)
+        return None
+    if data.get("shop") != shop_key(settings):
+        log.info("%s is of another shop or quantity field; starting afresh", path)
+        return None
     try:
-        if data.get("version") != STATE_VERSION:
-            log.warning("%s was written by another version; starting afresh (no holds, a full "
-                        "walk)", settings.state_file)
-            return None
-        if data["shop"] != shop_key(settings):
-            log.info("%s is of another shop or quantity field; starting afresh",
-                     settings.state_file)
-            return None
-        ids, *columns = _read_columns(data["tracks"], TRACK_COLUMNS)
-        tracks = dict(zip(ids, map(_as(Track), zip(*columns, itertools.repeat(())))))
-        for key, value in data["holds"].items():
-            tracks[int(key)] = tracks[int(key)]._replace(holds=_read_holds(value))
-        catalogue = data["catalogue"]
-        if catalogue is not None:
-            columns = _read_columns(catalogue["variants"], VARIANT_COLUMNS)
-            variants = dict(zip(columns[0], map(new_variant, zip(*columns))))
-            since, from_id = catalogue["cursor"]
-            if not isinstance(since, str) or type(from_id) is not int:
-                raise ValueError("cursor")
-            catalogue = InSalesCatalogue(variants, (since, from_id),
-                                         float(catalogue["full_walk_at"]),
-                                         products=int(catalogue["products"]))
-        return State(tracks, catalogue)
-    except (TypeError, KeyError, ValueError, AttributeError, OverflowError):
-        log.warning("%s is not a state this version can read; starting afresh (no holds, a full "
-                    "walk)", settings.state_file)
+        return read_state(data)
+    except BadState as exc:
+        log.warning("%s is not a state this version can read (%s); starting afresh: no holds "
+                    "this run, a full walk", path, exc)
         return None
 
 
-def _read_columns(table: dict, columns: dict) -> list:
+def read_state(data: dict) -> State:
+    """Build a State from the file's JSON, checking every value it takes; raise BadState."""
+    ids, *columns, read_at = _read_columns(_get(data, "tracks", dict), TRACK_COLUMNS)
+    tracks = dict(zip(ids, map(_as(Track), zip(*columns, itertools.repeat(())))))
+    for key, value in _get(data, "holds", dict).items():
+        variant_id = int(key) if key.isdigit() else None
+        if variant_id not in tracks:
+            raise BadState("holds of an unknown variant")
+        tracks[variant_id] = tracks[variant_id]._replace(holds=_read_holds(value))
+    catalogue = data.get("catalogue")
+    if catalogue is not None:
+        variants = _read_columns(_get(data, "catalogue", dict).get("variants"), VARIANT_COLUMNS)
+        cursor = _get(catalogue, "cursor", list)
+        if len(cursor) != 2 or not isinstance(cursor[0], str) or type(cursor[1]) is not int:
+            raise BadState("cursor")
+        catalogue = InSalesCatalogue(dict(zip(variants[0], map(new_variant, zip(*variants)))),
+                                     tuple(cursor), float(_get(catalogue, "full_walk_at", NUMBER)),
+                                     products=_get(catalogue, "products", int))
+    return State(tracks, dict(zip(ids, read_at)), catalogue)
+
+
+NUMBER = (int, float)
+
+
+def _get(table: dict, key: str, kind):
+    value = table.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadState(f"{key} is missing or of the wrong type")
+    return value
+
+
+def _read_columns(table, columns: dict) -> list:
     """The columns of a table stored by name, each checked for length and the types of its
     values."""
-    values = [table[name] for name in columns]
+    if not isinstance(table, dict):
+        raise BadState("a table is missing")
+    values = [table.get(name) for name in columns]
     if not all(isinstance(column, list) and len(column) == len(values[0]) for column in values):
-        raise ValueError("columns of different lengths")
-    for column, kinds in zip(values, columns.values()):
+        raise BadState("columns missing or of different lengths")
+    for name, column, kinds in zip(columns, values, columns.values()):
         if not set(map(type, column)) <= kinds:
-            raise ValueError("a value of the wrong type")
+            raise BadState(f"a {name} of the wrong type")
     return values
 
 
 def _read_holds(value) -> tuple:
-    holds = tuple((units, float(at)) for units, at in value)
-    if not all(type(units) is int and units > 0 and math.isfinite(at) for units, at in holds):
-        raise ValueError("holds")
-    return holds
+    if not isinstance(value, list) or not all(
+            isinstance(hold, list) and len(hold) == 2 and type(hold[0]) is int and hold[0] > 0
+            and type(hold[1]) in (int, float) and math.isfinite(hold[1]) for hold in value):
+        raise BadState("holds")
+    return tuple((units, float(at)) for units, at in value)
 
 
-def save_state(settings: Settings, tracks: dict, catalogue: InSalesCatalogue | None) -> None:
-    """Keep the tracks (and the catalogue, in incremental mode) for the next run, atomically."""
+def save_state(settings: Settings, tracks: dict, variants: Mapping,
+               catalogue: InSalesCatalogue | None) -> None:
+    """Keep the tracks (and the catalogue, in incremental mode) for the next run, atomically.
+
+    `variants`: the InSales variants by id, for the updated_at each track was read with.
+    """
     rows = tracks.values()
+    names = list(TRACK_COLUMNS)
     state = {
         "version": STATE_VERSION, "shop": shop_key(settings),
-        # the columns load_state() reads: id, then the first fields of a Track
-        "tracks": {"id": list(tracks), **{name: list(map(operator.itemgetter(i), rows))
-                                          for i, name in enumerate(list(TRACK_COLUMNS)[1:])}},
+        "tracks": {"id": list(tracks),
+                   **{name: list(map(operator.itemgetter(i), rows))
+                      for i, name in enumerate(names[1:-1])},
+                   names[-1]: [variants[i].updated_at for i in tracks]},
         "holds": {str(i): [list(hold) for hold in t.holds] for i, t in tracks.items() if t.holds},
         "catalogue": None,
     }
     if catalogue is not None:
-        variants = list(zip(*catalogue.variants.values())) or [[]] * len(VARIANT_COLUMNS)
+        columns = list(zip(*catalogue.variants.values())) or [[]] * len(VARIANT_COLUMNS)
         state["catalogue"] = {
             "cursor": list(catalogue.cursor), "full_walk_at": catalogue.full_walk_at,
             "products": catalogue.products,
-            "variants": {name: list(column) for name, column in zip(VARIANT_COLUMNS, variants)}}
+            "variants": {name: list(column) for name, column in zip(VARIANT_COLUMNS, columns)}}
     write_atomically(settings.state_file,
                      json.dumps(state, ensure_ascii=False, separators=(",", ":")))
 
@@ -1706,7 +1798,7 @@ SUMMARY_KEYS = ("status", "mode", "insales_variants", "insales_with_barcode",
                 "insales_duplicate_barcodes", "kak2c_variants", "kak2c_duplicate_barcodes",
                 "matched", "changed", "updated", "failed", "unmatched_insales", "unmatched_kak2c",
                 "unknown_stock", "skipped_records", "held_variants", "held_units",
-                "kak2c_barcode_field", "guard", "error")
+                "expired_units", "caught_up_after_s", "kak2c_barcode_field", "guard", "error")
 
 
 @dataclass
@@ -1725,7 +1817,8 @@ class SyncResult:
 
 def make_summary(result: SyncResult, requests_sent: dict, duration: float) -> dict:
     summary = dict.fromkeys(SUMMARY_KEYS, 0)
-    summary["kak2c_barcode_field"] = None  # a run that read no Kaktus catalogue did not choose
+    # a run that read no Kaktus catalogue chose no field, and one that released no hold timed none
+    summary["kak2c_barcode_field"] = summary["caught_up_after_s"] = None
     summary.update(result.counts)
     summary.update(status=result.status, mode=result.mode, updated=result.updated,
                    failed=result.failed, skipped_records=result.skipped_records,
@@ -1773,6 +1866,12 @@ def format_metrics(shop: str, summary: dict, exit_code: int, now: float,
            [(f',kind="{kind}"', summary[key]) for kind, key in METRIC_KINDS.items()])
     metric("sync_stock_held_units", "Units held back for sales Kaktus has not seen yet.",
            [("", summary["held_units"])])
+    metric("sync_stock_hold_expired_units", "Held units that expired in the last run before "
+           "Kaktus' stock fell (see SYNC_HOLD_MINUTES).", [("", summary["expired_units"])])
+    if summary["caught_up_after_s"] is not None:
+        metric("sync_stock_hold_caught_up_seconds", "Age of the oldest hold that Kaktus' stock "
+               "falling released in the last run: how long Kaktus takes to count an order.",
+               [("", summary["caught_up_after_s"])])
     metric("sync_stock_requests", "HTTP requests the last run sent, by API.",
            [(f',api="{api}"', count) for api, count in summary["requests"].items()])
     if usage is not None:
@@ -1855,8 +1954,9 @@ def fetch_catalogues(settings: Settings, insales: Api, kak2c: Api,
 
 
 @paused_gc()
-def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api) -> SyncResult:
-    """Read both catalogues, plan, guard and write: one whole sync."""
+def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
+             clock: Callable[[], float] = time.time) -> SyncResult:
+    """Read both catalogues, plan, guard and write: one whole sync; `clock` dates the holds."""
     state = load_state(settings)
     full = needs_full_walk(settings, state)
     progress = Progress(options.progress)
@@ -1866,7 +1966,8 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api) -> 
     finally:
         progress.close()
     plan = plan_updates(catalogue.variants.values(), index, state.tracks if state else {},
-                        time.time(), Rules(settings.stock_buffer, settings.hold_minutes * 60))
+                        clock(), Rules(settings.stock_buffer, settings.hold_minutes * 60),
+                        state.read_before if state else {})
     for variant, event in plan.events:
         log.debug("hold %s: barcode %s, variant %s (%s): %d units", event.kind, variant.barcode,
                   variant.id, variant.title[:50], event.units)
@@ -1893,38 +1994,43 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api) -> 
     kept = catalogue if keeps_catalogue(settings, catalogue) else None
     # Announce the writes before sending them: a sale is never mistaken for our own write,
     # even one InSales applies late or one of a run killed half-way.
-    keep_state(settings, plan.tracks, kept)
-    written, failed, stopped = apply_plan(insales, plan.updates, settings.quantity_field)
-    result.updated, result.failed = len(written), len(failed)
+    keep_state(settings, plan.tracks, catalogue.variants, kept)
+    writes = apply_plan(insales, plan.updates, settings.quantity_field)
+    result.updated, result.failed = len(writes.written), len(writes.failed)
     if plan.updates:
-        keep_state(settings, *settle_writes(plan, kept, written, failed))
-    save_report(options.report, plan, {i: ("update", "write failed") for i in failed})
-    if stopped and not written:
-        raise UpstreamError(f"{stopped}; nothing written", result)
-    result.status = "partial" if failed else "ok"
+        keep_state(settings, settle_writes(plan, kept, writes), catalogue.variants, kept)
+    save_report(options.report, plan, {i: ("update", "write failed") for i in writes.failed})
+    if writes.stopped and not writes.written:
+        raise UpstreamError(f"{writes.stopped}; no write was confirmed", result)
+    result.status = "partial" if writes.failed else "ok"
     return result
 
 
-def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, written: list,
-                  failed: list) -> tuple:
-    """The state after the writes: a write InSales refused was never made (R = S again); one it
-    accepted is the variant's quantity now."""
+def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, writes: Writes) -> dict:
+    """The tracks after the writes, and the catalogue (in place) with what InSales accepted.
+
+    A write InSales refused, or that was never sent, was not made (R = S again); one it
+    confirmed with "ok" shows in InSales now (S = R); one queued, or of a call that failed for
+    good, stays announced: the next run tells by the quantity and the product's updated_at.
+    """
     tracks = dict(plan.tracks)
-    refused = set(failed)
-    for variant_id in refused & tracks.keys():
+    for variant_id in tracks.keys() & writes.refused:
         tracks[variant_id] = tracks[variant_id]._replace(announced=tracks[variant_id].seen)
+    for variant_id in tracks.keys() & writes.confirmed:
+        tracks[variant_id] = tracks[variant_id]._replace(seen=tracks[variant_id].announced)
     if catalogue is not None:
         publish = {variant.id: decision.publish for variant, decision in plan.updates}
-        for variant_id in written:
+        for variant_id in writes.written:
             old = catalogue.variants.get(variant_id)
             if old is not None:
                 catalogue.variants[variant_id] = old._replace(quantity=publish[variant_id])
-    return tracks, catalogue
+    return tracks
 
 
-def keep_state(settings: Settings, tracks: dict, catalogue: InSalesCatalogue | None) -> None:
+def keep_state(settings: Settings, tracks: dict, variants: Mapping,
+               catalogue: InSalesCatalogue | None) -> None:
     try:
-        save_state(settings, tracks, catalogue)
+        save_state(settings, tracks, variants, catalogue)
     except OSError as exc:  # checked before the first request: the disk changed since
         log.error("SYNC_STATE_FILE %s: cannot write (%s)", settings.state_file, exc.strerror)
 
@@ -1988,22 +2094,25 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
             print(f"== {title}")
             started, sent = time.monotonic(), (insales.requests, kak2c.requests)
             result = run_sync(settings, Options(dry_run=dry_run, progress=options.progress),
-                              insales, kak2c)
+                              insales, kak2c, box.clock)
             counts = result.counts
+            caught_up = counts["caught_up_after_s"]
             print(f"status={result.status} matched={counts['matched']} "
                   f"changed={counts['changed']} updated={result.updated} "
-                  f"held_units={counts['held_units']} requests: InSales "
-                  f"{insales.requests - sent[0]}, Kaktus {kak2c.requests - sent[1]}; "
-                  f"{time.monotonic() - started:.2f} s\n")
+                  f"held_units={counts['held_units']}"
+                  + (f" caught_up_after_s={caught_up:g}" if caught_up is not None else "")
+                  + f"; requests: InSales {insales.requests - sent[0]}, Kaktus "
+                  f"{kak2c.requests - sent[1]}; {time.monotonic() - started:.2f} s\n")
 
-        barcode, stock = "4600000000994", 5
-        variant = box.add_demo_pair(barcode, stock)
+        barcode, stock, before = "4600000000994", 5, 3
+        variant = box.add_demo_pair(barcode, stock, shown=before)
         step("1. Dry run: what would change", dry_run=True)
-        step("2. Real sync")
+        step(f"2. Real sync (barcode {barcode} among them: {before} -> {stock})")
         box.advance(60)
         box.insales.sell(variant, 2)
         print(f"-- A customer buys 2 pairs of barcode {barcode} in InSales: {stock} -> "
-              f"{stock - 2}. Kaktus has not seen the order yet: it still says {stock}.")
+              f"{stock - 2}, the very figure it showed before our write. Kaktus has not seen "
+              f"the order yet: it still says {stock}.")
         step("3. The next run: the sale is held, not undone", dry_run=True)
         step(f"4. Real sync: InSales keeps {stock - 2}")
         box.advance(60)
@@ -2064,7 +2173,8 @@ EXIT_BY_STATUS = {"ok": EXIT_OK, "dry-run": EXIT_OK, "skipped": EXIT_OK, "partia
                   "checked": EXIT_OK, "demo": EXIT_OK}  # a SyncError carries its own
 
 
-def dispatch(args: argparse.Namespace, sleep: Callable[[float], None], run: Run) -> SyncResult:
+def dispatch(args: argparse.Namespace, sleep: Callable[[float], None],
+             clock: Callable[[], float], run: Run) -> SyncResult:
     """Do what the command line asks: the demo, a check, or one sync under the lock."""
     options = Options(dry_run=args.dry_run, force=args.force,
                       report=Path(args.report) if args.report else None,
@@ -2087,17 +2197,22 @@ def dispatch(args: argparse.Namespace, sleep: Callable[[float], None], run: Run)
             run_check(settings, *run.apis)
             return SyncResult("checked")
         run.ping("/start")
-        return run_sync(settings, options, *run.apis)
+        return run_sync(settings, options, *run.apis, clock)
 
 
-def main(argv=None, sleep: Callable[[float], None] = time.sleep) -> int:
-    """Run the command line; the one place that turns results and errors into exit codes."""
+def main(argv=None, sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.time) -> int:
+    """Run the command line; the one place that turns results and errors into exit codes.
+
+    `sleep` is every wait of the retry policy, `clock` the time that dates and expires holds:
+    tests pass their own to run in simulated time.
+    """
     args = parse_args(argv)
     configure_logging(args.verbose - args.quiet)
     SECRETS.clear()
     started, run = time.monotonic(), Run()
     try:
-        result = dispatch(args, sleep, run)
+        result = dispatch(args, sleep, clock, run)
         code = EXIT_BY_STATUS[result.status]
     except SyncError as exc:
         log.error("configuration error: %s" if exc.exit_code == EXIT_CONFIG else "%s", exc)

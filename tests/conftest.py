@@ -1,7 +1,8 @@
 """Fixtures: a fresh sandbox per test, and `run` to call sync_stock.main() against it.
 
 `run` injects the retry policy's sleep: it records each wait (`Result.waits`) and moves the
-sandbox's clock instead of sleeping, so backoff, Retry-After and pacing are asserted, not slept.
+sandbox's clock instead of sleeping, so backoff, Retry-After and pacing are asserted, not slept;
+and the sandbox's clock as the run's, so that `box.advance()` ages and expires holds too.
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def run(box, env, tmp_path, monkeypatch, capsys):
             waits.append(seconds)
             box.advance(seconds)
 
-        code = sync_stock.main(["--env-file", str(env_file), "--json", *args], sleep=sleep)
+        code = sync_stock.main(["--env-file", str(env_file), "--json", *args], sleep=sleep,
+                               clock=box.clock)
         captured = capsys.readouterr()
         lines = captured.out.strip().splitlines()
         summary = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None

@@ -30,8 +30,9 @@ TOTAL = parse_stock_expression("stockTotal")
 HOUR = 3600.0
 
 
-def variant(id_, barcode, quantity, product_id=1):
-    return Variant(id_, product_id, normalize_barcode(barcode), quantity, f"title {id_}")
+def variant(id_, barcode, quantity, product_id=1, updated_at="T0"):
+    return Variant(id_, product_id, normalize_barcode(barcode), quantity, f"title {id_}",
+                   updated_at)
 
 
 def kaktus(**quantities):
@@ -187,8 +188,8 @@ def test_buffer_keeps_units_back_never_below_zero():
 
 # --- holds: S is what the last run saw, R what it wrote or announced, Q what InSales says now ---
 
-def hold(track, quantity, stock, now=1000.0, window=HOUR):
-    return follow_holds(track, quantity, stock, now, window)
+def hold(track, quantity, stock, now=1000.0, window=HOUR, moved=False):
+    return follow_holds(track, quantity, stock, moved, now, window)
 
 
 def test_a_sale_is_held_until_kaktus_catches_up():
@@ -320,3 +321,42 @@ def test_cursor_is_rewound_a_little():
     assert rewind("2026-11-28T10:00:00.500+03:00") == "2026-11-28T09:59:58.500+03:00"
     assert rewind("garbage") == "2000-01-01T00:00:00.000+00:00"
     assert rewind("0001-01-01T00:00:00+00:00") == "2000-01-01T00:00:00.000+00:00"
+
+
+def test_q_equal_s_is_a_sale_once_the_product_moved():
+    """We wrote 12 -> 14 unconfirmed; Q = 12 = S: not landed if the product is unchanged, a
+    sale of 2 if its updated_at moved (our write landed, a customer bought it back)."""
+    track = Track(12, 14, 14, ())
+    assert hold(track, 12, 14) == ((), ())
+    holds, events = hold(track, 12, 14, moved=True)
+    assert holds == ((2, 1000.0),) and [e.kind for e in events] == ["sale"]
+
+
+def test_a_rise_kaktus_shows_too_releases_nothing():
+    """InSales +3 with Kaktus +3 (a cancel both sides counted) leaves other holds alone;
+    InSales +3 with Kaktus +1 releases 2."""
+    track = Track(6, 6, 7, ((1, 500.0), (2, 600.0)))
+    assert hold(track, 9, 10)[0] == ((1, 500.0), (2, 600.0))
+    assert hold(track, 9, 8)[0] == ((1, 500.0),)
+
+
+def test_kaktus_catching_up_reports_the_age_of_the_oldest_hold_released():
+    """The caught-up event carries how long the oldest released hold had waited."""
+    track = Track(7, 7, 10, ((2, 400.0), (1, 900.0)))
+    holds, events = hold(track, 7, 8)
+    assert holds == ((1, 900.0),)
+    assert [(e.kind, e.units, e.age) for e in events] == [("caught up", 2, 600.0)]
+
+
+def test_plan_counts_expired_units_and_the_catch_up_time():
+    """The plan's counts carry expired_units and caught_up_after_s (the oldest, across
+    variants; None when no hold was released)."""
+    variants = [variant(1, "A", 8), variant(2, "B", 5), variant(3, "C", 5)]
+    previous = {1: Track(8, 8, 10, ((2, 100.0),)), 2: Track(5, 5, 7, ((2, 3000.0),)),
+                3: Track(5, 5, 9, ((4, 2000.0),))}
+    plan = plan_updates(variants, kaktus(kA=10, kB=5, kC=5), previous, 1000.0 + HOUR,
+                        Rules(hold_window=HOUR), {i: "T0" for i in previous})
+    assert plan.counts["expired_units"] == 2
+    assert plan.counts["caught_up_after_s"] == 2600.0
+    quiet = plan_updates(variants, kaktus(kA=8, kB=5, kC=5))
+    assert (quiet.counts["expired_units"], quiet.counts["caught_up_after_s"]) == (0, None)

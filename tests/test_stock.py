@@ -1,6 +1,5 @@
 """The stock to publish over real HTTP: holds for sales in flight, buffer, stock expressions."""
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -65,14 +64,104 @@ def test_a_cancelled_order_releases_the_hold(box, run, mode):
     assert "hold cancelled" in result.err
 
 
-def test_a_hold_expires_after_the_window(box, run):
-    """After SYNC_HOLD_MINUTES (here 0.3 s on the real clock) Kaktus' figure wins again."""
+def test_a_hold_expires_after_the_window_and_says_so(box, run, tmp_path):
+    """After SYNC_HOLD_MINUTES Kaktus' figure wins again; the expired units are counted, warned
+    about (even with -q) with a barcode and what to look at, and in the metrics."""
     variant = sold(box, run, "full")
-    assert run(SYNC_HOLD_MINUTES=0.005).summary["held_units"] == 2
-    time.sleep(0.35)  # the hold's clock is the real one: the thing under test
-    result = run("-v", SYNC_HOLD_MINUTES=0.005)
+    assert run().summary["held_units"] == 2
+    box.advance(59 * 60)
+    assert run().summary["held_units"] == 2
+    box.advance(60)
+    metrics = tmp_path / "m.prom"
+    result = run("-q", METRICS_FILE=metrics)
     assert (result.summary["held_units"], quantity(box, variant)) == (0, 10)
-    assert "hold expired" in result.err
+    assert result.summary["expired_units"] == 2
+    [warning] = [line for line in result.err.splitlines() if " WARNING " in line]
+    assert "2 held units expired" in warning and "'H1'" in warning
+    assert "SYNC_HOLD_MINUTES=60" in warning and "KAK2C_STOCK_FIELD" in warning
+    assert "sync_stock_hold_expired_units{" in metrics.read_text()
+    assert run().summary["expired_units"] == 0
+
+
+def test_the_time_kaktus_takes_to_catch_up_is_measured(box, run, tmp_path):
+    """The age of the oldest hold that Kaktus' fall released: caught_up_after_s and its metric;
+    null when no hold was released."""
+    sold(box, run, "full")
+    first = run()
+    assert (first.summary["held_units"], first.summary["caught_up_after_s"]) == (2, None)
+    box.advance(150)
+    set_kaktus(box, 8)
+    metrics = tmp_path / "m.prom"
+    result = run(METRICS_FILE=metrics)
+    assert result.summary["held_units"] == 0
+    assert 150 <= result.summary["caught_up_after_s"] < 155
+    line = next(line for line in metrics.read_text().splitlines()
+                if line.startswith("sync_stock_hold_caught_up_seconds{"))
+    assert 150 <= float(line.split()[-1]) < 155
+
+
+@pytest.mark.parametrize("answer", ["statuses", "empty"])
+def test_a_sale_of_exactly_what_our_write_added_is_held(box, run, answer):
+    """We wrote 12 -> 14 (a restock) and it landed; a customer buys 2, back to 12: a sale,
+    whether InSales confirmed the write ("ok") or queued it ([]: the product's updated_at
+    moved)."""
+    variant = add_pair(box, "X1", 12, 12)
+    run()
+    box.insales.group_answer = answer
+    set_kaktus(box, 14)
+    box.advance(60)
+    assert run().summary["updated"] == 1
+    assert quantity(box, variant) == 14
+    box.advance(30)
+    box.insales.sell(variant, 2)
+    box.advance(30)
+    result = run()
+    assert (result.summary["held_units"], quantity(box, variant)) == (2, 12)
+    assert writes(box)[-1]["at"] < box.clock() - 50  # nothing written back
+
+
+def test_a_confirmed_write_tells_a_sale_even_when_updated_at_does_not_move(box, run):
+    """InSales answered "ok" for our 12 -> 14: a sale back to 12 is held even in a shop whose
+    updated_at did not move (here: times in steps of an hour, so write and sale share one)."""
+    box.insales.time_step_ms = 3_600_000
+    box.advance(3600 - box.clock() % 3600 + 1)  # just past the hour: the test stays within it
+    variant = add_pair(box, "X2", 12, 14)
+    assert run().summary["updated"] == 1
+    before = box.insales.products[box.insales.variant_product[variant]]["updated_at"]
+    box.insales.sell(variant, 2)
+    assert box.insales.products[box.insales.variant_product[variant]]["updated_at"] == before
+    result = run()
+    assert (result.summary["held_units"], quantity(box, variant)) == (2, 12)
+
+
+def test_a_cancel_both_sides_counted_frees_no_other_orders_hold(box, run):
+    """Order X (3) held, then seen by Kaktus; order Y (1) held; X cancelled on both sides: Y's
+    unit stays held."""
+    variant = add_pair(box, "C1", 10, 10)
+    run()
+    box.insales.sell(variant, 3)                     # X
+    assert run().summary["held_units"] == 3
+    set_kaktus(box, 7)                               # Kaktus sees X
+    assert run().summary["held_units"] == 0
+    box.insales.sell(variant, 1)                     # Y
+    assert run().summary["held_units"] == 1
+    box.insales.set_variant(variant, quantity=9)     # X cancelled: InSales +3 ...
+    set_kaktus(box, 10)                              # ... and Kaktus +3
+    result = run()
+    assert (result.summary["held_units"], quantity(box, variant)) == (1, 9)
+
+
+def test_a_write_whose_answer_was_lost_stays_announced(box, run):
+    """A write that landed but whose answers never came back (exit 3) is not InSales rising by
+    itself: the next run releases no hold and puts nothing sold back on sale."""
+    variant = sold(box, run, "full")                 # 10 -> 8, Kaktus 10
+    assert run().summary["held_units"] == 2
+    set_kaktus(box, 20)                              # a delivery: publish 20 - 2 = 18
+    box.insales.inject("PUT /admin", status=None, lose_answer=True, times=5)
+    assert run().code == 3
+    assert quantity(box, variant) == 18              # it landed all the same
+    result = run()
+    assert (result.code, result.summary["held_units"], quantity(box, variant)) == (0, 2, 18)
 
 
 def test_restock_during_a_hold_publishes_stock_less_the_hold(box, run):
@@ -160,6 +249,8 @@ def test_a_lost_or_old_state_syncs_plainly(box, run, env, content):
         path.write_text(content)
     result = run()
     assert (result.code, result.summary["held_units"], quantity(box, variant)) == (0, 0, 10)
+    if content.startswith('{"version"'):
+        assert "written by another version of sync_stock (state version 1" in result.err
 
 
 def test_a_state_of_another_quantity_field_has_no_holds(box, run):
@@ -168,16 +259,20 @@ def test_a_state_of_another_quantity_field_has_no_holds(box, run):
     assert run(INSALES_WAREHOUSE=0).summary["held_units"] == 0
 
 
-def test_a_killed_run_leaves_announced_writes_not_sales(box, run, env):
-    """State written before the writes: whether they landed (Q = R) or not (Q = S), no hold."""
+def test_unconfirmed_writes_landed_or_not_are_no_sales(box, run, env):
+    """Writes InSales answered [] stay announced: the one that landed (Q = R) and the one that
+    never does (Q = S, the product unchanged) are no sale."""
     first = add_pair(box, "K1", 3, 5)
     second = add_pair(box, "K2", 4, 6)
+    box.insales.queue_writes = True
     result = run()
     assert result.summary["updated"] == 2
     state = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())
-    announced = dict(zip(state["tracks"]["id"], state["tracks"]["announced"]))
-    assert (announced[first], announced[second]) == (5, 6)
-    box.insales.set_variant(second, quantity=4)  # as if that write had never landed
+    tracks = state["tracks"]
+    assert dict(zip(tracks["id"], zip(tracks["seen"], tracks["announced"]))) == {
+        first: (3, 5), second: (4, 6)}
+    box.insales.apply_queued(only={first})  # the other write is lost
+    box.insales.queue_writes = False
     again = run()
     assert again.summary["held_units"] == 0
     assert (quantity(box, first), quantity(box, second)) == (5, 6)
