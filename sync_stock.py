@@ -1694,11 +1694,11 @@ def _read_holds(value) -> tuple:
     return tuple((units, float(at)) for units, at in value)
 
 
-def save_state(settings: Settings, tracks: dict, variants: Mapping,
+def save_state(settings: Settings, tracks: dict, read_at: Mapping,
                catalogue: InSalesCatalogue | None) -> None:
     """Keep the tracks (and the catalogue, in incremental mode) for the next run, atomically.
 
-    `variants`: the InSales variants by id, for the updated_at each track was read with.
+    `read_at`: by variant id, the product's updated_at its track was read with.
     """
     rows = tracks.values()
     names = list(TRACK_COLUMNS)
@@ -1707,7 +1707,7 @@ def save_state(settings: Settings, tracks: dict, variants: Mapping,
         "tracks": {"id": list(tracks),
                    **{name: list(map(operator.itemgetter(i), rows))
                       for i, name in enumerate(names[1:-1])},
-                   names[-1]: [variants[i].updated_at for i in tracks]},
+                   names[-1]: [read_at[i] for i in tracks]},
         "holds": {str(i): [list(hold) for hold in t.holds] for i, t in tracks.items() if t.holds},
         "catalogue": None,
     }
@@ -1994,11 +1994,12 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
     kept = catalogue if keeps_catalogue(settings, catalogue) else None
     # Announce the writes before sending them: a sale is never mistaken for our own write,
     # even one InSales applies late or one of a run killed half-way.
-    keep_state(settings, plan.tracks, catalogue.variants, kept)
+    read_at = {i: catalogue.variants[i].updated_at for i in plan.tracks}
+    keep_state(settings, plan.tracks, read_at, kept)
     writes = apply_plan(insales, plan.updates, settings.quantity_field)
     result.updated, result.failed = len(writes.written), len(writes.failed)
     if plan.updates:
-        keep_state(settings, settle_writes(plan, kept, writes), catalogue.variants, kept)
+        keep_state(settings, settle_writes(plan, kept, writes), read_at, kept)
     save_report(options.report, plan, {i: ("update", "write failed") for i in writes.failed})
     if writes.stopped and not writes.written:
         raise UpstreamError(f"{writes.stopped}; no write was confirmed", result)
@@ -2027,10 +2028,10 @@ def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, writes: Writes
     return tracks
 
 
-def keep_state(settings: Settings, tracks: dict, variants: Mapping,
+def keep_state(settings: Settings, tracks: dict, read_at: Mapping,
                catalogue: InSalesCatalogue | None) -> None:
     try:
-        save_state(settings, tracks, variants, catalogue)
+        save_state(settings, tracks, read_at, catalogue)
     except OSError as exc:  # checked before the first request: the disk changed since
         log.error("SYNC_STATE_FILE %s: cannot write (%s)", settings.state_file, exc.strerror)
 

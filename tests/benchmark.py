@@ -145,7 +145,8 @@ def run_naive(box) -> dict:
         counts["insales"] += 1
         chunk = requests.get(f"{box.insales.url}/admin/products.json", auth=auth, timeout=60,
                              params={"page": page, "per_page": 250}).json()
-        variants += [v for p in chunk for v in sync_stock.parse_insales_product(p, "quantity")]
+        variants += [v for p in chunk for v in sync_stock.parse_insales_product(
+            p, ("quantity", "barcode", "sku"), [])]
         if len(chunk) < 250:
             break
         page += 1
@@ -208,15 +209,19 @@ def pipeline_cpu(settings, insales_bodies: list, kak2c_bodies: list) -> float:
     the run does them (cyclic GC paused): what the 2x json.loads target is about, free of the
     HTTP client's and the threads' share, which this machine's load makes vary most."""
     rules = sync_stock.Rules(settings.stock_buffer, settings.hold_minutes * 60)
+    strays: list = []
     started = time.process_time()
     with sync_stock.paused_gc():
-        variants = [variant for body in insales_bodies for product in json.loads(body)
-                    for variant in sync_stock.parse_insales_product(product, "quantity")]
+        variants = {variant.id: variant for body in insales_bodies for product in json.loads(body)
+                    for variant in sync_stock.parse_insales_product(
+                        product, settings.insales_fields, strays)}
         index = sync_stock.index_kak2c((json.loads(body)["products"] for body in kak2c_bodies),
-                                       settings.stock_terms)
+                                       settings.stock_terms, settings.kak2c_barcode_field)
         state = sync_stock.load_state(settings)
-        plan = sync_stock.plan_updates(variants, index, state.tracks, time.time(), rules)
-        sync_stock.save_state(settings, plan.tracks, None)
+        plan = sync_stock.plan_updates(variants.values(), index, state.tracks, time.time(), rules,
+                                       state.read_before)
+        read_at = {i: variants[i].updated_at for i in plan.tracks}
+        sync_stock.save_state(settings, plan.tracks, read_at, None)
     return time.process_time() - started
 
 
@@ -224,27 +229,30 @@ def compare_state_stores(settings) -> str:
     """CPU of the state as kept (a JSON file, rewritten whole) against the same rows in SQLite
     (rows updated in place), each loading every track and writing the 1% that changed: what one
     run pays for each, best of three."""
-    tracks = sync_stock.load_state(settings).tracks
+    state = sync_stock.load_state(settings)
+    tracks = state.tracks
     moved = {i: t._replace(seen=t.seen + 1) for i, t in list(tracks.items())[::100]}
 
     def as_json() -> float:
         started = time.process_time()
-        loaded = sync_stock.load_state(settings).tracks
-        sync_stock.save_state(settings, {**loaded, **moved}, None)
+        loaded = sync_stock.load_state(settings)
+        sync_stock.save_state(settings, {**loaded.tracks, **moved}, loaded.read_before, None)
         return time.process_time() - started
 
     with tempfile.TemporaryDirectory() as folder:
         database = sqlite3.connect(Path(folder) / "state.sqlite3")
         database.execute("CREATE TABLE tracks (id INTEGER PRIMARY KEY, seen INTEGER, "
-                         "announced INTEGER, stock INTEGER, holds TEXT)")
+                         "announced INTEGER, stock INTEGER, holds TEXT, read_at TEXT)")
         with database:
-            database.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, '[]')",
-                                 [(i, *t[:3]) for i, t in tracks.items()])
+            database.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, '[]', ?)",
+                                 [(i, *t[:3], state.read_before[i]) for i, t in tracks.items()])
 
         def as_sqlite() -> float:
             started = time.process_time()
+            rows = list(database.execute("SELECT * FROM tracks"))
             loaded = {row[0]: sync_stock.Track(*row[1:4], tuple(json.loads(row[4])))
-                      for row in database.execute("SELECT * FROM tracks")}
+                      for row in rows}
+            read_before = {row[0]: row[5] for row in rows}  # noqa: F841 - what a run needs too
             changed = [(*t[:3], i) for i, t in moved.items() if loaded[i] != t]
             with database:
                 database.executemany("UPDATE tracks SET seen = ?, announced = ?, stock = ? "
@@ -276,7 +284,7 @@ def fetch_bodies(env: dict) -> tuple:
                             params=walk[-1]).content
         bodies.append(body)
         page = json.loads(body)
-        if len(page) < sync_stock.INSALES_PAGE:
+        if not page:  # the walk ends on an empty page, as the run's does
             break
         since, from_id = page[-1]["updated_at"], page[-1]["id"]
     return bodies + fetch_kak2c_bodies(env["KAK2C_URL"], env["KAK2C_LOGIN"],
