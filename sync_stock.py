@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -569,31 +569,41 @@ def retry_after(headers: Mapping, default: float) -> float:
 
 def parse_json(answer: Answer, where: str, kind: type):
     """Return the JSON body of a 200 answer if it is of the expected kind, else fail clearly."""
+    expect_ok(answer, where)
+    return decode_json(answer.body, where, kind,
+                       answer.headers.get("Content-Type", "no Content-Type"))
+
+
+def expect_ok(answer: Answer, where: str) -> None:
     if answer.status != 200:
-        raise UpstreamError(f"{where}: HTTP {answer.status}{error_detail(answer)}")
+        raise UpstreamError(f"{where}: HTTP {answer.status}{error_detail(answer.body)}")
+
+
+def decode_json(body: bytes, where: str, kind: type, content_type: str | None = None):
+    """Return a body's JSON if it is of the expected kind, else fail naming what is wrong."""
     try:
-        body = json.loads(answer.body)  # bytes: no charset guessing on a big body
+        value = json.loads(body)  # bytes: no charset guessing on a big body
     except (ValueError, RecursionError) as exc:
-        kind_seen = answer.headers.get("Content-Type", "no Content-Type")
         nested = " (nested too deep)" if isinstance(exc, RecursionError) else ""
-        raise UpstreamError(f"{where}: the answer is not JSON{nested} ({kind_seen})") from None
-    if not isinstance(body, kind):
+        seen = f" ({content_type})" if content_type else ""
+        raise UpstreamError(f"{where}: the answer is not JSON{nested}{seen}") from None
+    if not isinstance(value, kind):
         raise UpstreamError(f"{where}: expected a JSON {_kind_name(kind)}, "
-                            f"got {_kind_name(type(body))}")
-    return body
+                            f"got {_kind_name(type(value))}")
+    return value
 
 
 def _kind_name(kind):
     return {list: "list", dict: "object"}.get(kind, kind.__name__)
 
 
-def error_detail(answer: Answer) -> str:
+def error_detail(body: bytes) -> str:
     """The errors an API answered with, short, with any echoed secret hidden."""
     try:
-        body = json.loads(answer.body)
+        value = json.loads(body)
     except (ValueError, RecursionError):
         return ""
-    errors = body.get("errors", body) if isinstance(body, dict) else body
+    errors = value.get("errors", value) if isinstance(value, dict) else value
     try:
         text = json.dumps(errors, ensure_ascii=False)
     except (ValueError, RecursionError):
@@ -651,13 +661,13 @@ class KaktusToken:
                                   headers={"Content-Type": "application/json"})
         if answer.status in (401, 403):
             raise UpstreamError(f"Kaktus rejected the credentials (HTTP {answer.status}"
-                                f"{error_detail(answer)}); check KAK2C_CREDENTIALS_FILE or "
+                                f"{error_detail(answer.body)}); check KAK2C_CREDENTIALS_FILE or "
                                 "KAK2C_LOGIN/KAK2C_PASSWORD (and KAK2C_DOMAIN)")
         body = parse_json(answer, "Kaktus login", dict)
         token = body.get("access_token")
         if not isinstance(token, str) or not token.strip():
             if body.get("success") is False:
-                raise UpstreamError(f"Kaktus rejected the credentials{error_detail(answer)}")
+                raise UpstreamError(f"Kaktus rejected the credentials{error_detail(answer.body)}")
             raise UpstreamError("Kaktus login answer is malformed: no access_token")
         SECRETS.add(token)
         self.value, now = token, time.time()
@@ -705,28 +715,97 @@ def is_token_refused(answer: Answer) -> bool:
 # --- reading Kaktus ---------------------------------------------------------------------------
 
 def fetch_kak2c_page(api: Api, token: KaktusToken, page: int,
-                     size: int | None = None) -> Answer:
-    """Fetch one Kaktus page, logging in again once when the token is refused."""
+                     size: int | None = None) -> bytes:
+    """Fetch one Kaktus page's body, logging in again once when the token is refused."""
     params = {"page": page} if size is None else {"page": page, "size": size}
+    where = f"Kaktus GET /api/lite/products?page={page}"
     for attempt in (1, 2):
         sent = token.current()
         answer = api.request("GET", "/api/lite/products", params=params,
                              headers={"Authorization": f"Bearer {sent}"})
         if not is_token_refused(answer):
-            return answer
+            expect_ok(answer, where)
+            return answer.body
         if attempt == 1:
             token.renew(sent)
-    raise UpstreamError(f"Kaktus GET /api/lite/products?page={page}: "
-                        "a fresh token was refused too (HTTP 401)")
+    raise UpstreamError(f"{where}: a fresh token was refused too (HTTP 401)")
 
 
-def parse_kak2c_page(answer: Answer, page: int) -> tuple:
-    """Return (products, recordsTotal) from a Kaktus page answer, or fail naming what is wrong."""
+def fetch_kak2c_pages(api: Api, token: KaktusToken, size: int | None, progress: Progress,
+                      stop: threading.Event) -> list:
+    """Fetch the Kaktus catalogue's page bodies, page 0 first, until one ends the fetching.
+
+    Page 0 tells how many pages there are; the rest are fetched KAK2C_THREADS at a time, at
+    most LOOKAHEAD ahead of the last one checked, so that a page that repeats an earlier one
+    or comes back empty (see ends_fetching) stops the fetching within a few requests, as does
+    `stop` (the other catalogue failed). The pages are not parsed here: read_kak2c_pages does
+    that, and says whether they add up.
+    """
+    first = fetch_kak2c_page(api, token, 0, size)
+    products, total = parse_kak2c_page(first, 0)
+    planned = planned_pages(total, len(products))
+    bodies, digests = [first], {digest(first)}
+    numbers = iter(range(1, planned))
+
+    def fetch(page: int) -> bytes:
+        body = fetch_kak2c_page(api, token, page, size)
+        progress.update("Kaktus", page + 1, planned)
+        return body
+
+    with ThreadPoolExecutor(KAK2C_THREADS) as pool:
+        pending = deque((n, pool.submit(fetch, n)) for n in itertools.islice(numbers, LOOKAHEAD))
+        try:
+            while pending and not stop.is_set():
+                number, future = pending.popleft()
+                bodies.append(future.result())
+                if ends_fetching(bodies[-1], number, digests):
+                    break
+                following = next(numbers, None)
+                if following is not None:
+                    pending.append((following, pool.submit(fetch, following)))
+        finally:
+            # A page that failed for good, or a fetch that ends: don't fetch what is queued.
+            for _, future in pending:
+                future.cancel()
+    return bodies
+
+
+def more_kak2c_pages(api: Api, token: KaktusToken, size: int | None,
+                     fetched: list) -> Iterator[bytes]:
+    """Yield the bodies fetched, freeing each, then fetch the pages after them one by one for
+    as long as the reader asks (the catalogue grew while it was read)."""
+    queue, following = deque(fetched), len(fetched)
+    fetched.clear()
+    while queue:
+        yield queue.popleft()
+    for number in itertools.count(following):
+        yield fetch_kak2c_page(api, token, number, size)
+
+
+def stock_entry_keys(variant: dict) -> set:
+    """The keys seen on a Kaktus variant's stock entries: what KAK2C_STOCK_FIELD may name."""
+    stock = variant.get("stock")
+    entries = stock if isinstance(stock, list) else [stock]
+    return {str(key) for entry in entries if isinstance(entry, dict) for key in entry}
+
+
+def kak2c_variants(product) -> list:
+    """A Kaktus product's variants: its `variants` list, or itself (1 variant = 1 product)."""
+    if not isinstance(product, dict):
+        return []
+    variants = product.get("variants")
+    return variants if isinstance(variants, list) else [product]
+
+
+# --- the pure core: Kaktus pages -------------------------------------------------------------
+
+def parse_kak2c_page(body: bytes, page: int) -> tuple:
+    """Return (products, recordsTotal) from a Kaktus page body, or fail naming what is wrong."""
     where = f"Kaktus GET /api/lite/products?page={page}"
-    body = parse_json(answer, where, dict)
-    if body.get("success") is False:
-        raise UpstreamError(f"{where}: error answer{error_detail(answer)}")
-    products, total = body.get("products"), body.get("recordsTotal")
+    value = decode_json(body, where, dict)
+    if value.get("success") is False:
+        raise UpstreamError(f"{where}: error answer{error_detail(body)}")
+    products, total = value.get("products"), value.get("recordsTotal")
     if not isinstance(products, list):
         raise UpstreamError(f"{where}: no products list in the answer")
     if isinstance(total, str) and total.isdigit() and len(total) < 19:
@@ -736,102 +815,66 @@ def parse_kak2c_page(answer: Answer, page: int) -> tuple:
     return products, total
 
 
-def walk_kak2c(api: Api, token: KaktusToken, progress: Progress, page_size: int | None = None,
-               after: Future | None = None) -> Iterator[list]:
-    """Yield Kaktus pages of new products until recordsTotal is held or a page comes back empty.
+def planned_pages(total: int, page_length: int) -> int:
+    """How many pages hold recordsTotal products, page 0 being this long (integers: a total of
+    10**400 is legal JSON)."""
+    return -(-total // page_length) if page_length else 1
 
-    Page 0 tells recordsTotal and the page size; the rest are fetched a few at a time, a few
-    ahead of the last one checked. The threads only fetch; pages are parsed here once `after`
-    (the InSales walk, which parses its own pages in its own thread) is done, since two threads
-    parsing at once take turns on the GIL and spoil each other's caches. Until then a page is
-    checked cheaply: a body seen before (a server that ignores ?page=) or an empty page ends
-    the fetching at once. A server that repeats itself or promises more than it holds ends the
-    walk with an error, never with a loop or a partial catalogue.
+
+def digest(body: bytes) -> tuple:
+    """What tells a repeated page: its length and a 64-bit hash of every byte (pages of products
+    that begin and end alike must not look the same). Python's own hash of bytes is much
+    cheaper than hashlib's, and a repeat only has to be told within a run."""
+    return len(body), hash(body)
+
+
+def ends_fetching(body: bytes, page: int, digests: set) -> bool:
+    """Whether no page after this one need be fetched: it repeats an earlier one (`digests`,
+    to which it is added), or it holds no products (only short bodies are parsed for that)."""
+    seen = digest(body)
+    if seen in digests:
+        return True
+    digests.add(seen)
+    return len(body) < 1024 and not parse_kak2c_page(body, page)[0]
+
+
+def read_kak2c_pages(bodies: Iterable[bytes]) -> Iterator[list]:
+    """Yield each Kaktus page's new products, page 0 first, for as long as the walk needs
+    pages; fail when they do not add up.
+
+    The walk ends on an empty page, or once the pages recordsTotal needs are read; past them it
+    asks for more (KAK2C_EXTRA_PAGES at most) only while they come full and new, as they do
+    while the catalogue grows. A page that repeats an earlier one (a server that ignores
+    ?page=), or brings no new product, or a catalogue short of its recordsTotal is an error,
+    never a loop or a partial catalogue.
     """
-    answer = fetch_kak2c_page(api, token, 0, page_size)
-    first, total = parse_kak2c_page(answer, 0)
-    seen: set = set()
+    bodies = iter(bodies)
+    body = next(bodies)
+    first, total = parse_kak2c_page(body, 0)
+    planned, digests, seen = planned_pages(total, len(first)), {digest(body)}, set()
     yield new_products(first, seen)
-    planned = -(-total // len(first)) if first else 1  # integers: a total of 10**400 is legal JSON
-
-    def fetch(page: int) -> Answer:
-        answer = fetch_kak2c_page(api, token, page, page_size)
-        progress.update("Kaktus", page + 1, planned)
-        return answer
-
-    answers, repeated = fetch_ahead(fetch, range(1, planned), answer.body, after)
-    if after is not None:
-        after.result()  # an InSales failure is the run's failure
-    if repeated is not None:
-        raise UpstreamError(f"Kaktus page {repeated} is a page already read: the server does "
-                            "not move on with ?page=; nothing written")
     number, last = 0, first
-    for number, answer in enumerate(answers, start=1):
-        last, _ = parse_kak2c_page(answer, number)
-        if not last:
+    while number + 1 < planned or (
+            number + 1 < planned + KAK2C_EXTRA_PAGES and len(seen) < total
+            and len(last) >= len(first) > 0):
+        number, body = number + 1, next(bodies, None)
+        if body is None:  # no more pages to be had
             break
+        if digest(body) in digests:
+            raise UpstreamError(f"Kaktus page {number} is a page already read: the server "
+                                "does not move on with ?page=; nothing written")
+        digests.add(digest(body))
+        last, _ = parse_kak2c_page(body, number)
         fresh = new_products(last, seen)
-        if not fresh:
+        if not fresh and number < planned and last:
             raise UpstreamError(f"Kaktus page {number} brings no new product: the server "
                                 "repeats itself; nothing written")
-        yield fresh
-    # The catalogue may have grown while we read: go on a few pages while they are full and new.
-    for extra in range(number + 1, number + 1 + KAK2C_EXTRA_PAGES):
-        if len(seen) >= total or len(last) < len(first) or not first:
-            break
-        number = extra
-        last, _ = parse_kak2c_page(fetch_kak2c_page(api, token, number, page_size), number)
-        fresh = new_products(last, seen)
         if not fresh:
             break
         yield fresh
     if len(seen) < total:
         raise UpstreamError(f"Kaktus catalogue is inconsistent: recordsTotal is {total} but "
                             f"{len(seen)} distinct products came in {number + 1} pages")
-
-
-def fetch_ahead(fetch: Callable[[int], Answer], pages: Iterable[int], first: bytes,
-                after: Future | None) -> tuple:
-    """Fetch pages in KAK2C_THREADS threads, at most LOOKAHEAD ahead of the last one checked.
-
-    Return (answers in page order, the number of a page whose body repeats an earlier one, page
-    0's included, or None). Stop at the first empty page, a repeated body, or a failed `after`.
-    """
-    answers, digests, numbers = [], {_digest(first)}, iter(pages)
-    with ThreadPoolExecutor(KAK2C_THREADS) as pool:
-        pending = deque((n, pool.submit(fetch, n)) for n in itertools.islice(numbers, LOOKAHEAD))
-        try:
-            while pending:
-                number, future = pending.popleft()
-                answer = future.result()
-                digest = _digest(answer.body)
-                if digest in digests:
-                    return answers, number
-                digests.add(digest)
-                answers.append(answer)
-                if is_empty_page(answer, number) or (after is not None and after.done()
-                                                     and after.exception() is not None):
-                    break
-                following = next(numbers, None)
-                if following is not None:
-                    pending.append((following, pool.submit(fetch, following)))
-        finally:
-            # A page that failed for good, or a walk that ends: don't fetch what is queued.
-            for _, future in pending:
-                future.cancel()
-    return answers, None
-
-
-def _digest(body: bytes) -> tuple:
-    """What tells a repeated page: its length and its 64-bit hash, of every byte (pages of
-    products that begin and end alike must not look the same). Python's own hash of bytes is
-    several times faster than hashlib's digests, and a repeat only has to be told within a run."""
-    return len(body), hash(body)
-
-
-def is_empty_page(answer: Answer, number: int) -> bool:
-    """Tell a page with no products (the end) by parsing only short bodies."""
-    return len(answer.body) < 1024 and not parse_kak2c_page(answer, number)[0]
 
 
 def new_products(products: list, seen: set) -> list:
@@ -850,21 +893,6 @@ def new_products(products: list, seen: set) -> list:
             seen.add(key)
             fresh.append(product)
     return fresh
-
-
-def stock_entry_keys(variant: dict) -> set:
-    """The keys seen on a Kaktus variant's stock entries: what KAK2C_STOCK_FIELD may name."""
-    stock = variant.get("stock")
-    entries = stock if isinstance(stock, list) else [stock]
-    return {str(key) for entry in entries if isinstance(entry, dict) for key in entry}
-
-
-def kak2c_variants(product) -> list:
-    """A Kaktus product's variants: its `variants` list, or itself (1 variant = 1 product)."""
-    if not isinstance(product, dict):
-        return []
-    variants = product.get("variants")
-    return variants if isinstance(variants, list) else [product]
 
 
 # --- reading InSales --------------------------------------------------------------------------
@@ -1554,7 +1582,7 @@ def apply_plan(api: Api, updates: list, quantity_field: str) -> Writes:
         rejected, confirmed = read_statuses(answer, ids)
         if rejected:
             log.error("InSales rejected %d of %d variants (HTTP %s%s): ids %s", len(rejected),
-                      len(ids), answer.status, error_detail(answer), _ids(sorted(rejected)))
+                      len(ids), answer.status, error_detail(answer.body), _ids(sorted(rejected)))
         outcome.refused.extend(i for i in ids if i in rejected)
         outcome.written.extend(i for i in ids if i not in rejected)
         outcome.confirmed.update(confirmed)
@@ -1938,19 +1966,27 @@ def paused_gc() -> Iterator[None]:
 
 def fetch_catalogues(settings: Settings, insales: Api, kak2c: Api,
                      known: InSalesCatalogue | None, progress: Progress) -> tuple:
-    """Read both catalogues at once (they are independent); return (InSales, Kaktus index)."""
+    """Read both catalogues at once (they are independent); return (InSales, Kaktus index).
+
+    The InSales walk runs in a thread of its own, parsing as it goes, while Kaktus pages are
+    fetched as bodies; they are parsed once the walk is done, since two threads parsing at
+    once take turns on the interpreter lock and spoil each other's caches. Either side
+    failing stops the other.
+    """
     token = KaktusToken(kak2c, settings.kak2c_credentials, settings.token_file)
     stop = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(fetch_insales_catalogue, insales, settings.insales_fields, known,
                               progress, stop)
+        reading.add_done_callback(lambda done: done.exception() and stop.set())
         try:
-            pages = walk_kak2c(kak2c, token, progress, settings.kak2c_page_size, after=reading)
-            index = index_kak2c(pages, settings.stock_terms, settings.kak2c_barcode_field)
+            fetched = fetch_kak2c_pages(kak2c, token, settings.kak2c_page_size, progress, stop)
         except BaseException:
-            stop.set()  # Kaktus failed: the InSales walk need not go on
+            stop.set()
             raise
-        return reading.result(), index
+        catalogue = reading.result()  # an InSales failure is the run's failure
+    pages = read_kak2c_pages(more_kak2c_pages(kak2c, token, settings.kak2c_page_size, fetched))
+    return catalogue, index_kak2c(pages, settings.stock_terms, settings.kak2c_barcode_field)
 
 
 @paused_gc()

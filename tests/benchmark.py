@@ -380,10 +380,15 @@ def print_table(rows: list) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small catalogues (CI smoke run)")
+    parser.add_argument("--scale-only", action="store_true",
+                        help="the 100,000-variant row alone, to compare two versions")
     args = parser.parse_args()
     big = (2_500, 4) if args.quick else (25_000, 4)
     with tempfile.TemporaryDirectory() as folder:
         scale = scenario_scale(*big, folder)  # first, while this process is fresh
+        if args.scale_only:
+            print_table([scale])
+            return
         mine, naive = scenario_latency(*((300, 2) if args.quick else (2_500, 4)), folder)
         rows = [mine, naive, scale, scenario_budget(*big, folder, runs=5 if args.quick else 30)]
     print_table(rows)

@@ -5,13 +5,16 @@ import json
 import pytest
 
 from sync_stock import (
+    KAK2C_EXTRA_PAGES,
     ConfigError,
     KaktusIndex,
     Rules,
     Track,
+    UpstreamError,
     Variant,
     check_guard,
     decide,
+    ends_fetching,
     follow_holds,
     index_kak2c,
     normalize_barcode,
@@ -20,6 +23,7 @@ from sync_stock import (
     parse_stock_expression,
     parse_usage,
     plan_updates,
+    read_kak2c_pages,
     rewind,
     show_stock_expression,
     to_quantity,
@@ -360,3 +364,61 @@ def test_plan_counts_expired_units_and_the_catch_up_time():
     assert plan.counts["caught_up_after_s"] == 2600.0
     quiet = plan_updates(variants, kaktus(kA=8, kB=5, kC=5))
     assert (quiet.counts["expired_units"], quiet.counts["caught_up_after_s"]) == (0, None)
+
+
+# --- Kaktus pages: where the walk ends, and whether it adds up --------------------------------
+
+def page(ids, total):
+    return json.dumps({"products": [{"id": i} for i in ids], "recordsTotal": total}).encode()
+
+
+def read_ids(bodies):
+    return [[p["id"] for p in products] for products in read_kak2c_pages(bodies)]
+
+
+def test_kaktus_pages_are_read_up_to_records_total():
+    """Three pages of 2, 2 and 1 for recordsTotal 5: read, and not one page more asked."""
+    bodies = iter([page([1, 2], 5), page([3, 4], 5), page([5], 5), page([9], 5)])
+    assert read_ids(bodies) == [[1, 2], [3, 4], [5]]
+    assert next(bodies) == page([9], 5)  # never pulled
+
+
+def test_an_empty_page_ends_the_walk_and_a_short_total_fails():
+    """An empty page ends it; fewer distinct products than recordsTotal is inconsistent."""
+    assert read_ids([page([1, 2], 3), page([3], 3), page([], 3)]) == [[1, 2], [3]]
+    with pytest.raises(UpstreamError, match="recordsTotal is 9 but 3 distinct products"):
+        read_ids([page([1, 2], 9), page([3], 9), page([], 9)])
+
+
+def test_a_repeated_page_or_one_with_nothing_new_fails():
+    """A body seen before is a server ignoring ?page=; a page of old products repeats itself."""
+    with pytest.raises(UpstreamError, match="page 1 is a page already read"):
+        read_ids([page([1, 2], 6), page([1, 2], 6)])
+    with pytest.raises(UpstreamError, match="page 1 brings no new product"):
+        read_ids([page([1, 2], 6), page([2, 1], 6)])
+
+
+def test_a_growing_catalogue_is_read_past_records_total_while_pages_come_full():
+    """A product added at the front shifts the pages: one page more is read to reach
+    recordsTotal; pages that stay full and new are read KAK2C_EXTRA_PAGES past it at most."""
+    assert read_ids([page([1, 2], 4), page([2, 3], 4), page([4, 5], 4)]) == [[1, 2], [3], [4, 5]]
+    shifted = [page([1, 2], 20)] + [page([k + 1, k + 2], 20) for k in range(1, 30)]
+    pulled = []
+
+    def bodies():
+        for body in shifted:
+            pulled.append(body)
+            yield body
+
+    with pytest.raises(UpstreamError, match="inconsistent"):
+        read_ids(bodies())
+    assert len(pulled) == 10 + KAK2C_EXTRA_PAGES
+
+
+def test_fetching_ends_at_a_repeated_or_empty_page():
+    """ends_fetching tells, without parsing big bodies, the pages after which none is needed."""
+    digests = set()
+    assert not ends_fetching(page([1, 2], 4), 0, digests)
+    assert ends_fetching(page([1, 2], 4), 1, digests)
+    assert ends_fetching(page([], 4), 2, digests)
+    assert not ends_fetching(page(range(500), 900), 3, digests)
