@@ -170,15 +170,54 @@ def load_environment(env_file: str | None = None) -> dict:
     return values
 
 
+class Setting(NamedTuple):
+    name: str
+    default: str | None   # None: unset (or, for the first three, required)
+    meaning: str
+
+
+# Every setting, once: load_settings() takes its defaults from here, --help lists it, and the
+# tests check that .env.example and README.md name exactly these.
+SETTINGS = (
+    Setting("INSALES_URL", None, "shop base URL, e.g. https://myshop.myinsales.ru (required)"),
+    Setting("INSALES_API_KEY", None, "the app identifier, the Basic auth user (required)"),
+    Setting("INSALES_API_PASSWORD", None, "the app password (required)"),
+    Setting("INSALES_WAREHOUSE", None, "warehouse array_index N: write quantity_at_warehouseN"),
+    Setting("INSALES_BARCODE_FIELD", "barcode", "the variant field with the barcode: barcode, sku"),
+    Setting("KAK2C_URL", "https://app.kak2c.ru", "Kaktus base URL"),
+    Setting("KAK2C_CREDENTIALS_FILE", "files/kak2c_info", 'JSON {"login", "password"} to log in'),
+    Setting("KAK2C_LOGIN", None, "instead of the credentials file, with KAK2C_PASSWORD"),
+    Setting("KAK2C_PASSWORD", None, "instead of the credentials file, with KAK2C_LOGIN"),
+    Setting("KAK2C_TOKEN_FILE", "files/kak2c_token", "token cache (mode 0600)"),
+    Setting("KAK2C_BARCODE_FIELD", "auto", "where a Kaktus variant's barcode is: auto, or a field"),
+    Setting("KAK2C_STOCK_FIELD", "stockTotal", "stock entry field, or fields joined by + and -"),
+    Setting("KAK2C_PAGE_SIZE", None, "ask Kaktus pages of this many products (size=N)"),
+    Setting("KAK2C_DOMAIN", None, "the Domain header of accounts with several shops"),
+    Setting("SYNC_STOCK_BUFFER", "0", "units kept back from every variant"),
+    Setting("SYNC_HOLD_MINUTES", "60", "how long a sale Kaktus has not seen is held; 0: off"),
+    Setting("SYNC_LOCK_FILE", "files/sync_stock.lock", "lock against overlapping runs"),
+    Setting("SYNC_MODE", "auto", "full, incremental, or auto (incremental for big shops)"),
+    Setting("SYNC_FULL_EVERY", "60", "minutes between full walks in incremental mode"),
+    Setting("SYNC_STATE_FILE", "files/sync_state.json", "state kept between runs"),
+    Setting("SYNC_MAX_WAIT", "120", "longest Retry-After, and all usage pacing, in seconds"),
+    Setting("SYNC_TIMEOUT", "60", "read timeout of one request, in seconds"),
+    Setting("SYNC_GUARD_ZERO_SHARE", "0.5", "refuse zeroing more than this share of stocked"),
+    Setting("LOG_FILE", None, "also log here (rotating)"),
+    Setting("HEALTHCHECK_URL", None, "ping URL/start, URL, URL/fail (healthchecks.io)"),
+    Setting("METRICS_FILE", None, "the run's figures in the Prometheus text format"),
+)
+DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
+
+
 def load_settings(values: Mapping) -> Settings:
     """Build Settings from a mapping of variables, naming the first one that is missing or wrong."""
-    def get(name, default=None):
-        return (values.get(name) or "").strip() or default
+    def get(name):
+        return (values.get(name) or "").strip() or DEFAULTS[name]
 
-    def number(name, default, kind=int, low=0.0, high=math.inf):
+    def number(name, kind=int, low=0.0, high=math.inf):
         raw = get(name)
         if raw is None:
-            return default
+            return None
         try:
             value = kind(raw)
         except ValueError:
@@ -189,17 +228,17 @@ def load_settings(values: Mapping) -> Settings:
             raise ConfigError(f"{name}={raw!r} is not a {noun} {bounds}")
         return value
 
-    def path(name, default=None):
-        value = get(name, default)
+    def path(name):
+        value = get(name)
         return HERE / Path(value).expanduser() if value else None  # cron starts in $HOME
 
-    mode = get("SYNC_MODE", "auto")
+    mode = get("SYNC_MODE")
     if mode not in ("auto", "full", "incremental"):
         raise ConfigError(f"SYNC_MODE={mode!r} must be one of auto, full, incremental")
-    insales_field = get("INSALES_BARCODE_FIELD", "barcode")
+    insales_field = get("INSALES_BARCODE_FIELD")
     if insales_field not in INSALES_BARCODE_FIELDS:
         raise ConfigError(f"INSALES_BARCODE_FIELD={insales_field!r} must be barcode or sku")
-    kak2c_field = get("KAK2C_BARCODE_FIELD", "auto")
+    kak2c_field = get("KAK2C_BARCODE_FIELD")
     if not FIELD_NAME.fullmatch(kak2c_field):
         raise ConfigError(f"KAK2C_BARCODE_FIELD={kak2c_field!r} must be auto or the name of a "
                           "Kaktus variant field, e.g. barcode, id, ean, article")
@@ -207,24 +246,24 @@ def load_settings(values: Mapping) -> Settings:
         insales_url=_read_url(get, "INSALES_URL", required=True).removesuffix("/admin"),
         insales_key=_require(get, "INSALES_API_KEY"),
         insales_password=_require(get, "INSALES_API_PASSWORD"),
-        warehouse=number("INSALES_WAREHOUSE", None),
-        kak2c_url=_read_url(get, "KAK2C_URL", default="https://app.kak2c.ru"),
+        warehouse=number("INSALES_WAREHOUSE"),
+        kak2c_url=_read_url(get, "KAK2C_URL"),
         kak2c_credentials=_read_kak2c_credentials(get, path),
         kak2c_domain=get("KAK2C_DOMAIN"),
-        kak2c_page_size=number("KAK2C_PAGE_SIZE", None, low=1, high=10_000),
-        token_file=path("KAK2C_TOKEN_FILE", "files/kak2c_token"),
+        kak2c_page_size=number("KAK2C_PAGE_SIZE", low=1, high=10_000),
+        token_file=path("KAK2C_TOKEN_FILE"),
         insales_barcode_field=insales_field,
         kak2c_barcode_field=kak2c_field,
-        stock_terms=parse_stock_expression(get("KAK2C_STOCK_FIELD", "stockTotal")),
-        stock_buffer=number("SYNC_STOCK_BUFFER", 0, high=MAX_COUNT),
-        hold_minutes=number("SYNC_HOLD_MINUTES", 60.0, float, high=7 * 24 * 60),
-        lock_file=path("SYNC_LOCK_FILE", "files/sync_stock.lock"),
+        stock_terms=parse_stock_expression(get("KAK2C_STOCK_FIELD")),
+        stock_buffer=number("SYNC_STOCK_BUFFER", high=MAX_COUNT),
+        hold_minutes=number("SYNC_HOLD_MINUTES", float, high=7 * 24 * 60),
+        lock_file=path("SYNC_LOCK_FILE"),
         mode=mode,
-        full_every=number("SYNC_FULL_EVERY", 60, low=1),
-        state_file=path("SYNC_STATE_FILE", "files/sync_state.json"),
-        max_wait=number("SYNC_MAX_WAIT", 120.0, float, high=86_400),
-        timeout=number("SYNC_TIMEOUT", 60.0, float, low=0.1, high=3600),
-        guard_zero_share=number("SYNC_GUARD_ZERO_SHARE", 0.5, float, high=1.0),
+        full_every=number("SYNC_FULL_EVERY", low=1),
+        state_file=path("SYNC_STATE_FILE"),
+        max_wait=number("SYNC_MAX_WAIT", float, high=86_400),
+        timeout=number("SYNC_TIMEOUT", float, low=0.1, high=3600),
+        guard_zero_share=number("SYNC_GUARD_ZERO_SHARE", float, high=1.0),
         log_file=path("LOG_FILE"),
         healthcheck_url=_read_url(get, "HEALTHCHECK_URL"),
         metrics_file=path("METRICS_FILE"),
@@ -238,8 +277,8 @@ def _require(get, name):
     return value
 
 
-def _read_url(get, name, default=None, required=False):
-    url = _require(get, name) if required else get(name, default)
+def _read_url(get, name, required=False):
+    url = _require(get, name) if required else get(name)
     if url is None:
         return None
     scheme, _, rest = url.partition("://")
@@ -256,7 +295,7 @@ def _read_kak2c_credentials(get, path) -> bytes:
         if not (login and password):
             raise ConfigError("KAK2C_LOGIN and KAK2C_PASSWORD go together: set both or neither")
         return json.dumps({"login": login, "password": password}).encode()
-    source = path("KAK2C_CREDENTIALS_FILE", "files/kak2c_info")
+    source = path("KAK2C_CREDENTIALS_FILE")
     try:
         body = source.read_bytes()
     except OSError as exc:
@@ -539,7 +578,8 @@ class Api:
 
 def read_body(response: requests.Response) -> bytes:
     """Read a body in one go: requests' .content takes it 10 KB at a time, each a trip through
-    urllib3, which costs half as much CPU again on a big catalogue."""
+    urllib3, which on a big catalogue costs a good share of the run's CPU (README,
+    Performance)."""
     with response:
         return b"".join(response.iter_content(None))
 
@@ -1122,21 +1162,14 @@ def parse_barcodes(record: dict) -> Collection[str]:
 
 def parse_stock(record: dict, terms: tuple) -> int | None:
     """Sum a Kaktus variant's stock entries by KAK2C_STOCK_FIELD; None (unknown, never 0) when
-    any entry lacks a named field or holds an unreadable figure."""
+    any entry lacks a named field or holds an unreadable figure, or the sum is beyond any real
+    count. A negative sum is 0."""
     stock = record.get("stock")
     if isinstance(stock, dict):
         stock = [stock]
     if not isinstance(stock, list):
         return None
     total = 0
-    if len(terms) == 1:  # one field, the common setting: the fast way
-        name = terms[0][1]
-        for entry in stock:
-            quantity = to_quantity(entry.get(name)) if isinstance(entry, dict) else None
-            if quantity is None:
-                return None
-            total += quantity
-        return max(total, 0) if total <= MAX_COUNT else None
     for entry in stock:
         if not isinstance(entry, dict):
             return None
@@ -1145,7 +1178,7 @@ def parse_stock(record: dict, terms: tuple) -> int | None:
             if quantity is None:
                 return None
             total += sign * quantity
-    return max(total, 0) if abs(total) <= MAX_COUNT else None
+    return None if total > MAX_COUNT else max(total, 0)
 
 
 class Track(NamedTuple):
@@ -1954,8 +1987,8 @@ class Options:
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """Pause the cyclic collector: the catalogue is hundreds of thousands of small acyclic
-    objects, and rescanning them as they pile up cost a third of a big run's CPU. Freeze them on
-    the way out, or the first collection after would scan them all once more."""
+    objects, and rescanning them again and again as they pile up is a big run's largest waste.
+    Freeze them on the way out, or the first collection after would scan them all once more."""
     gc.disable()
     try:
         yield
@@ -2161,18 +2194,15 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
 
 
 def parse_args(argv) -> argparse.Namespace:
+    settings = "\n".join(f"  {s.name:<23} {s.meaning}" + (f" [{s.default}]" if s.default else "")
+                         for s in SETTINGS)
     parser = argparse.ArgumentParser(
-        prog="sync_stock.py",
+        prog="sync_stock.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Set every InSales variant's stock to the Kaktus (kak2c.ru) stock of the same "
                     "barcode, less the sales Kaktus has not seen yet. One run, then exit: put it "
-                    "in a crontab. Settings come from the environment and .env (see "
-                    ".env.example): INSALES_URL, INSALES_API_KEY, INSALES_API_PASSWORD, "
-                    "INSALES_WAREHOUSE, INSALES_BARCODE_FIELD, KAK2C_BARCODE_FIELD, KAK2C_URL, "
-                    "KAK2C_CREDENTIALS_FILE, KAK2C_LOGIN, "
-                    "KAK2C_PASSWORD, KAK2C_TOKEN_FILE, KAK2C_STOCK_FIELD, KAK2C_PAGE_SIZE, "
-                    "KAK2C_DOMAIN, SYNC_STOCK_BUFFER, SYNC_HOLD_MINUTES, SYNC_LOCK_FILE, "
-                    "SYNC_MODE, SYNC_FULL_EVERY, SYNC_STATE_FILE, SYNC_MAX_WAIT, SYNC_TIMEOUT, "
-                    "SYNC_GUARD_ZERO_SHARE, LOG_FILE, HEALTHCHECK_URL, METRICS_FILE.")
+                    "in a crontab.",
+        epilog="settings, from the environment and .env (see .env.example and README.md):\n"
+               + settings)
     parser.add_argument("--dry-run", action="store_true", help="plan and print, write nothing")
     parser.add_argument("--env-file", metavar="PATH", help="settings file instead of ./.env")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")

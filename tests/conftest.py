@@ -20,13 +20,7 @@ import sandbox  # noqa: E402
 import sync_stock  # noqa: E402
 
 SETTINGS = (
-    "INSALES_URL", "INSALES_API_KEY", "INSALES_API_PASSWORD", "INSALES_WAREHOUSE",
-    "INSALES_BARCODE_FIELD", "KAK2C_BARCODE_FIELD", "KAK2C_URL",
-    "KAK2C_CREDENTIALS_FILE", "KAK2C_LOGIN", "KAK2C_PASSWORD", "KAK2C_TOKEN_FILE",
-    "KAK2C_STOCK_FIELD", "KAK2C_PAGE_SIZE", "KAK2C_DOMAIN", "SYNC_STOCK_BUFFER",
-    "SYNC_HOLD_MINUTES", "SYNC_LOCK_FILE", "SYNC_MODE", "SYNC_FULL_EVERY", "SYNC_STATE_FILE",
-    "SYNC_MAX_WAIT", "SYNC_TIMEOUT", "SYNC_GUARD_ZERO_SHARE", "LOG_FILE", "HEALTHCHECK_URL",
-    "METRICS_FILE",
+    *(setting.name for setting in sync_stock.SETTINGS),
     # and a proxy of the machine that runs the tests, which must not come before the sandbox
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
     "http_proxy", "https_proxy", "all_proxy", "no_proxy",

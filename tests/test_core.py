@@ -422,3 +422,16 @@ def test_fetching_ends_at_a_repeated_or_empty_page():
     assert ends_fetching(page([1, 2], 4), 1, digests)
     assert ends_fetching(page([], 4), 2, digests)
     assert not ends_fetching(page(range(500), 900), 3, digests)
+
+
+@pytest.mark.parametrize("entries, expected", [
+    ([{"stockTotal": -600_000_000, "stockFree": 0}] * 2, 0),
+    ([{"stockTotal": 600_000_000, "stockFree": 0}] * 2, None),
+    ([{"stockTotal": "3", "stockFree": 0}, {"stockTotal": 2.5, "stockFree": 0}], 5),
+    ([{"stockTotal": -2, "stockFree": 0}, {"stockTotal": 1, "stockFree": 0}], 0),
+    ([{"stockTotal": None, "stockFree": 0}], None),
+])
+def test_one_field_and_an_expression_follow_one_rule(entries, expected):
+    """`stockTotal` and `stockTotal+stockFree` (stockFree 0) agree on every table row."""
+    for text in ("stockTotal", "stockTotal+stockFree"):
+        assert parse_stock({"stock": entries}, parse_stock_expression(text)) == expected

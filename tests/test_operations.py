@@ -182,6 +182,18 @@ def test_demo_runs_without_any_account_or_env(tmp_path):
     assert "0 changes planned" in child.stdout  # the third run: nothing left to do
 
 
+def test_env_example_and_readme_name_every_setting_exactly():
+    """.env.example and the README's settings table list the settings sync_stock reads, no
+    more, no fewer."""
+    names = {setting.name for setting in sync_stock.SETTINGS}
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    assert set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", example, re.MULTILINE)) == names
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    assert {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row)} == names
+
+
 def test_version_and_help(capsys):
     """--version prints the version; --help lists every option and every setting."""
     for flag in ("--version", "--help"):
