@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import dataclasses
 import email.utils
 import fcntl
 import functools
@@ -37,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -70,14 +72,43 @@ WARN_MOST = 5               # malformed records named one by one in a run's log
 EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_UPSTREAM, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 
+class Status(Enum):
+    """How a sync ended: the summary's `status`, and the exit code it gives."""
+
+    OK = "ok", EXIT_OK
+    DRY_RUN = "dry-run", EXIT_OK
+    SKIPPED = "skipped", EXIT_OK          # another run held the lock
+    PARTIAL = "partial", EXIT_PARTIAL
+    FAILED = "failed", EXIT_UPSTREAM
+    REFUSED = "refused", EXIT_REFUSED
+
+    def __init__(self, label: str, exit_code: int):
+        self.label, self.exit_code = label, exit_code
+
+
+@dataclass
+class SyncResult:
+    """What a sync did: its status, the catalogue's counts, the writes, the guard's word."""
+
+    status: Status = Status.FAILED
+    mode: str | None = None
+    counts: dict = field(default_factory=dict)
+    updated: int = 0
+    failed: int = 0
+    skipped_records: int = 0
+    guard: str | None = None
+    error: str | None = None
+
+
 class SyncError(Exception):
     """A run that cannot go on: the message tells the operator what is wrong.
 
-    `result` carries what the run had found before it stopped (its counts), when anything.
+    `result` carries what a sync had found before it stopped (its counts); None when no sync
+    ran (a configuration error, a failed --check).
     """
 
     exit_code = EXIT_UPSTREAM
-    status = "failed"
+    status = Status.FAILED
 
     def __init__(self, message: str, result: SyncResult | None = None):
         super().__init__(message)
@@ -94,7 +125,7 @@ class UpstreamError(SyncError):
 
 class GuardRefused(SyncError):
     exit_code = EXIT_REFUSED
-    status = "refused"
+    status = Status.REFUSED
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -334,12 +365,9 @@ def show_stock_expression(terms: tuple) -> str:
 
 # --- logging, lock and files ------------------------------------------------------------------
 
-SECRETS: set = set()  # the passwords and the token of this run
-
-
-def redact(text: str) -> str:
+def redact(text: str, secrets: Collection[str]) -> str:
     """Hide secrets in text that came from outside (an error body, an exception message)."""
-    for secret in SECRETS:
+    for secret in secrets:
         text = text.replace(secret, "<hidden>")
     return text
 
@@ -506,8 +534,9 @@ class Api:
     """One upstream API: its session, timeout, request count, retry policy and usage pacing."""
 
     def __init__(self, name: str, base_url: str, timeout: float, policy: RetryPolicy,
-                 auth=None, headers: Mapping | None = None):
+                 secrets: set, auth=None, headers: Mapping | None = None):
         self.name = name
+        self.secrets = secrets            # what no output may carry: the passwords, the token
         self.base_url = base_url
         self.timeout = (min(10.0, timeout), timeout)  # connect, read
         self.policy = policy
@@ -638,7 +667,8 @@ def _kind_name(kind):
 
 
 def error_detail(body: bytes) -> str:
-    """The errors an API answered with, short, with any echoed secret hidden."""
+    """The errors an API answered with, short (an echoed secret is hidden where it is shown:
+    see redact)."""
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):
@@ -648,15 +678,16 @@ def error_detail(body: bytes) -> str:
         text = json.dumps(errors, ensure_ascii=False)
     except (ValueError, RecursionError):
         return ""
-    return f": {redact(text[:200])}"
+    return f": {text[:200]}"
 
 
 def make_apis(settings: Settings, policy: RetryPolicy) -> tuple:
     """The InSales API (Basic auth, never in the URL) and the Kaktus API (bearer, per call)."""
     domain = {"Domain": settings.kak2c_domain} if settings.kak2c_domain else {}
-    return (Api("InSales", settings.insales_url, settings.timeout, policy,
+    secrets = set(settings.secrets)  # one set for both: the Kaktus token joins it
+    return (Api("InSales", settings.insales_url, settings.timeout, policy, secrets,
                 auth=(settings.insales_key, settings.insales_password)),
-            Api("Kaktus", settings.kak2c_url, settings.timeout, policy, headers=domain))
+            Api("Kaktus", settings.kak2c_url, settings.timeout, policy, secrets, headers=domain))
 
 
 # --- Kaktus token -----------------------------------------------------------------------------
@@ -694,7 +725,7 @@ class KaktusToken:
             token, renew_at = cached.get("access_token"), cached.get("renew_at")
             if isinstance(token, str) and token and isinstance(renew_at, (int, float)):
                 self.value, self.renew_at = token, float(renew_at)
-                SECRETS.add(token)
+                self.api.secrets.add(token)
 
     def _log_in(self):
         answer = self.api.request("POST", "/api/lite/auth", data=self.credentials,
@@ -709,7 +740,7 @@ class KaktusToken:
             if body.get("success") is False:
                 raise UpstreamError(f"Kaktus rejected the credentials{error_detail(answer.body)}")
             raise UpstreamError("Kaktus login answer is malformed: no access_token")
-        SECRETS.add(token)
+        self.api.secrets.add(token)
         self.value, now = token, time.time()
         expires_at = token_expiry(token, body.get("expires_in"), now)
         # Renew TOKEN_MARGIN before exp, or a quarter of the lifetime for short-lived tokens.
@@ -1615,7 +1646,8 @@ def apply_plan(api: Api, updates: list, quantity_field: str) -> Writes:
         rejected, confirmed = read_statuses(answer, ids)
         if rejected:
             log.error("InSales rejected %d of %d variants (HTTP %s%s): ids %s", len(rejected),
-                      len(ids), answer.status, error_detail(answer.body), _ids(sorted(rejected)))
+                      len(ids), answer.status, redact(error_detail(answer.body), api.secrets),
+                      _ids(sorted(rejected)))
         outcome.refused.extend(i for i in ids if i in rejected)
         outcome.written.extend(i for i in ids if i not in rejected)
         outcome.confirmed.update(confirmed)
@@ -1862,26 +1894,12 @@ SUMMARY_KEYS = ("status", "mode", "insales_variants", "insales_with_barcode",
                 "expired_units", "caught_up_after_s", "kak2c_barcode_field", "guard", "error")
 
 
-@dataclass
-class SyncResult:
-    """What a run did: its status, the catalogue's counts, the writes, the guard's word."""
-
-    status: str = "failed"
-    mode: str | None = None
-    counts: dict = field(default_factory=dict)
-    updated: int = 0
-    failed: int = 0
-    skipped_records: int = 0
-    guard: str | None = None
-    error: str | None = None
-
-
 def make_summary(result: SyncResult, requests_sent: dict, duration: float) -> dict:
     summary = dict.fromkeys(SUMMARY_KEYS, 0)
     # a run that read no Kaktus catalogue chose no field, and one that released no hold timed none
     summary["kak2c_barcode_field"] = summary["caught_up_after_s"] = None
     summary.update(result.counts)
-    summary.update(status=result.status, mode=result.mode, updated=result.updated,
+    summary.update(status=result.status.label, mode=result.mode, updated=result.updated,
                    failed=result.failed, skipped_records=result.skipped_records,
                    guard=result.guard, error=result.error, requests=requests_sent,
                    duration_s=round(duration, 3))
@@ -2025,13 +2043,20 @@ def fetch_catalogues(settings: Settings, insales: Api, kak2c: Api,
 @paused_gc()
 def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
              clock: Callable[[], float] = time.time) -> SyncResult:
-    """Read both catalogues, plan, guard and write: one whole sync; `clock` dates the holds."""
+    """Read both catalogues, plan, guard and write: one whole sync; `clock` dates the holds.
+
+    Every SyncError it lets out carries a result, for main() to summarise.
+    """
     state = load_state(settings)
     full = needs_full_walk(settings, state)
+    mode = "full" if full else "incremental"
     progress = Progress(options.progress)
     try:
         catalogue, index = fetch_catalogues(settings, insales, kak2c,
                                             None if full else state.catalogue, progress)
+    except SyncError as exc:
+        exc.result = SyncResult(Status.FAILED, mode)
+        raise
     finally:
         progress.close()
     plan = plan_updates(catalogue.variants.values(), index, state.tracks if state else {},
@@ -2046,7 +2071,7 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
              settings.kak2c_barcode_field)
     for warning in data_warnings(plan, settings, catalogue.strays):
         log.warning("%s", warning)
-    result = SyncResult("dry-run", "full" if full else "incremental", plan.counts,
+    result = SyncResult(Status.DRY_RUN, mode, plan.counts,
                         skipped_records=catalogue.skipped + index.skipped,
                         guard=check_guard(plan, settings.guard_zero_share))
     if options.dry_run:
@@ -2056,7 +2081,6 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
         return result
     if result.guard and not options.force:
         save_report(options.report, plan, {v.id: ("skip", "guard") for v, _ in plan.updates})
-        result.status = "refused"
         raise GuardRefused(f"safety guard: {result.guard}; nothing written", result)
     if result.guard:
         log.warning("safety guard overridden by --force: %s", result.guard)
@@ -2072,7 +2096,7 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
     save_report(options.report, plan, {i: ("update", "write failed") for i in writes.failed})
     if writes.stopped and not writes.written:
         raise UpstreamError(f"{writes.stopped}; no write was confirmed", result)
-    result.status = "partial" if writes.failed else "ok"
+    result.status = Status.PARTIAL if writes.failed else Status.OK
     return result
 
 
@@ -2167,7 +2191,7 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
                               insales, kak2c, box.clock)
             counts = result.counts
             caught_up = counts["caught_up_after_s"]
-            print(f"status={result.status} matched={counts['matched']} "
+            print(f"status={result.status.label} matched={counts['matched']} "
                   f"changed={counts['changed']} updated={result.updated} "
                   f"held_units={counts['held_units']}"
                   + (f" caught_up_after_s={caught_up:g}" if caught_up is not None else "")
@@ -2218,53 +2242,66 @@ def parse_args(argv) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@dataclass
-class Run:
-    """What main() needs to close a run, whatever happened in it."""
+@dataclass(frozen=True)
+class Job:
+    """A command's settings and the two APIs it talks to."""
 
-    settings: Settings | None = None
-    apis: tuple = ()
-    pinged: bool = False
+    settings: Settings
+    insales: Api
+    kak2c: Api
 
-    def ping(self, suffix: str) -> None:
-        if self.settings is not None and (suffix == "/start" or self.pinged):
-            ping_healthcheck(self.settings.healthcheck_url, suffix)
-            self.pinged = suffix == "/start"
+    @property
+    def secrets(self) -> set:
+        """What no output may carry: the passwords, and the token once known."""
+        return self.insales.secrets
 
     def requests_sent(self) -> dict:
-        return {"insales": self.apis[0].requests if self.apis else 0,
-                "kak2c": self.apis[1].requests if self.apis else 0}
+        return {"insales": self.insales.requests, "kak2c": self.kak2c.requests}
 
 
-EXIT_BY_STATUS = {"ok": EXIT_OK, "dry-run": EXIT_OK, "skipped": EXIT_OK, "partial": EXIT_PARTIAL,
-                  "checked": EXIT_OK, "demo": EXIT_OK}  # a SyncError carries its own
-
-
-def dispatch(args: argparse.Namespace, sleep: Callable[[float], None],
-             clock: Callable[[], float], run: Run) -> SyncResult:
-    """Do what the command line asks: the demo, a check, or one sync under the lock."""
-    options = Options(dry_run=args.dry_run, force=args.force,
-                      report=Path(args.report) if args.report else None,
-                      plan_to_stderr=args.json, progress=sys.stderr.isatty() and not args.quiet)
-    if args.demo:
-        run_demo(options, sleep)
-        return SyncResult("demo")
-    settings = run.settings = load_settings(load_environment(args.env_file))
-    SECRETS.update(settings.secrets)
+def open_job(args: argparse.Namespace, sleep: Callable[[float], None]) -> Job:
+    """Read the settings, open the log file, check the files a run writes; send nothing."""
+    settings = load_settings(load_environment(args.env_file))
     if settings.log_file:
         add_log_file(settings.log_file, args.verbose > 0)
     check_writable("KAK2C_TOKEN_FILE", settings.token_file)
     check_writable("SYNC_STATE_FILE", settings.state_file)
-    with hold_lock(settings.lock_file) as locked:
+    return Job(settings, *make_apis(settings, RetryPolicy(max_wait=settings.max_wait,
+                                                          sleep=sleep)))
+
+
+def dispatch(args: argparse.Namespace, job: Job | None, sleep: Callable[[float], None],
+             clock: Callable[[], float]) -> SyncResult | None:
+    """Do what the command line asks: the demo, a check, or one sync under the lock; return
+    the sync's result (None for the demo and a check, which have no summary)."""
+    options = Options(dry_run=args.dry_run, force=args.force,
+                      report=Path(args.report) if args.report else None,
+                      plan_to_stderr=args.json, progress=sys.stderr.isatty() and not args.quiet)
+    if job is None:
+        run_demo(options, sleep)
+        return None
+    with hold_lock(job.settings.lock_file) as locked:
         if not locked:
-            log.info("another run holds %s; skipped", settings.lock_file)
-            return SyncResult("skipped")
-        run.apis = make_apis(settings, RetryPolicy(max_wait=settings.max_wait, sleep=sleep))
+            log.info("another run holds %s; skipped", job.settings.lock_file)
+            return SyncResult(Status.SKIPPED)
         if args.check:
-            run_check(settings, *run.apis)
-            return SyncResult("checked")
-        run.ping("/start")
-        return run_sync(settings, options, *run.apis, clock)
+            run_check(job.settings, job.insales, job.kak2c)
+            return None
+        ping_healthcheck(job.settings.healthcheck_url, "/start")
+        return run_sync(job.settings, options, job.insales, job.kak2c, clock)
+
+
+def close_run(args: argparse.Namespace, job: Job, result: SyncResult, duration: float) -> None:
+    """Close a sync: its closing ping, its summary line (and JSON), its metrics."""
+    settings, code = job.settings, result.status.exit_code
+    if result.status is not Status.SKIPPED:  # a run that did not start pings nothing
+        ping_healthcheck(settings.healthcheck_url, "" if code == EXIT_OK else "/fail")
+    summary = make_summary(result, job.requests_sent(), duration)
+    log.info("%s", summary_line(summary))
+    if args.json:
+        print(printable(json.dumps(summary, ensure_ascii=False)))
+    if settings.metrics_file and result.status is not Status.SKIPPED:
+        write_metrics(settings.metrics_file, settings.shop, summary, code, job.insales.usage)
 
 
 def main(argv=None, sleep: Callable[[float], None] = time.sleep,
@@ -2276,30 +2313,24 @@ def main(argv=None, sleep: Callable[[float], None] = time.sleep,
     """
     args = parse_args(argv)
     configure_logging(args.verbose - args.quiet)
-    SECRETS.clear()
-    started, run = time.monotonic(), Run()
+    started, job = time.monotonic(), None
     try:
-        result = dispatch(args, sleep, clock, run)
-        code = EXIT_BY_STATUS[result.status]
+        job = None if args.demo else open_job(args, sleep)
+        result = dispatch(args, job, sleep, clock)
     except SyncError as exc:
-        log.error("configuration error: %s" if exc.exit_code == EXIT_CONFIG else "%s", exc)
-        result, code = exc.result or SyncResult(), exc.exit_code
-        result.status, result.error = exc.status, str(exc)
+        message = redact(str(exc), job.secrets if job else ())
+        log.error("configuration error: %s" if exc.exit_code == EXIT_CONFIG else "%s", message)
+        if exc.result is None or job is None:  # no sync's summary to give
+            return exc.exit_code
+        result = dataclasses.replace(exc.result, status=exc.status, error=message)
     except BaseException:
-        run.ping("/fail")  # a bug: the monitor hears of it too, and the traceback shows
+        if job is not None:  # a bug: the monitor hears of it too, and the traceback shows
+            ping_healthcheck(job.settings.healthcheck_url, "/fail")
         raise
-    run.ping("" if code == EXIT_OK else "/fail")
-    if code == EXIT_CONFIG or args.check or args.demo:  # a summary is a sync's
-        return code
-    summary = make_summary(result, run.requests_sent(), time.monotonic() - started)
-    log.info("%s", summary_line(summary))
-    if args.json:
-        print(printable(json.dumps(summary, ensure_ascii=False)))
-    settings = run.settings
-    if settings is not None and settings.metrics_file and result.status != "skipped":
-        write_metrics(settings.metrics_file, settings.shop, summary, code,
-                      run.apis[0].usage if run.apis else None)
-    return code
+    if result is None:
+        return EXIT_OK
+    close_run(args, job, result, time.monotonic() - started)
+    return result.status.exit_code
 
 
 if __name__ == "__main__":
