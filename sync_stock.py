@@ -1430,7 +1430,7 @@ def _read_field(name: str, variant: dict) -> Collection[str]:
 
 @dataclass
 class Plan:
-    """What to write, the summary's counts, and what is needed to explain every barcode."""
+    """What to write, the summary's counts, and what the warnings look at."""
 
     updates: list       # (Variant, Decision) with action "update", by variant id
     counts: dict
@@ -1442,28 +1442,28 @@ class Plan:
     unique: dict        # barcode -> the one InSales variant holding it
     shared: dict        # barcode -> the InSales variants holding it together
     kak2c: KaktusIndex
-    previous: dict      # the tracks the plan started from, the updated_at they were read
-    read_before: dict   # with, and when, and by which rules: what rows() needs to decide again
-    now: float
-    rules: Rules
 
-    def rows(self) -> Iterator[tuple]:
-        """Yield (barcode, Variant or None, Kaktus stock, Decision) for every barcode seen: built
-        only when the report asks, by the same decide() as the plan."""
-        quantities, duplicates = self.kak2c.quantities, self.kak2c.duplicates
-        for barcode, held in self.shared.items():
-            for variant in held:
-                yield barcode, variant, quantities.get(barcode), DUPLICATE_IN_INSALES
-        for barcode, variant in self.unique.items():
-            track = self.previous.get(variant.id)
-            decision = decide(variant, self.kak2c, track, self.now, self.rules,
-                              has_moved(variant, track, self.read_before))
-            yield barcode, variant, quantities.get(barcode), decision
-        for barcode, quantity in quantities.items():
-            if barcode not in self.unique and barcode not in self.shared:
-                yield barcode, None, quantity, NOT_IN_INSALES
-        for barcode in duplicates - self.unique.keys() - self.shared.keys():
-            yield barcode, None, None, DUPLICATE_IN_KAK2C
+
+def report_rows(variants: Collection[Variant], kak2c: KaktusIndex, previous: dict | None = None,
+                now: float = 0.0, rules: Rules = PLAIN,
+                read_before: dict | None = None) -> Iterator[tuple]:
+    """Yield (barcode, Variant or None, Kaktus stock, Decision) for every barcode seen, from the
+    same inputs and by the same decide() as plan_updates(): built only when a report is asked."""
+    previous, read_before = previous or {}, read_before or {}
+    unique, shared, _ = split_duplicates(variants)
+    quantities, duplicates = kak2c.quantities, kak2c.duplicates
+    for barcode, held in shared.items():
+        for variant in held:
+            yield barcode, variant, quantities.get(barcode), DUPLICATE_IN_INSALES
+    for barcode, variant in unique.items():
+        track = previous.get(variant.id)
+        yield barcode, variant, quantities.get(barcode), decide(
+            variant, kak2c, track, now, rules, has_moved(variant, track, read_before))
+    for barcode, quantity in quantities.items():
+        if barcode not in unique and barcode not in shared:
+            yield barcode, None, quantity, NOT_IN_INSALES
+    for barcode in duplicates - unique.keys() - shared.keys():
+        yield barcode, None, None, DUPLICATE_IN_KAK2C
 
 
 def split_duplicates(variants: Collection[Variant]) -> tuple:
@@ -1540,8 +1540,7 @@ def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: di
                                  default=None),
         "kak2c_barcode_field": kak2c.barcode_field,
     }
-    return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kak2c,
-                previous, read_before, now, rules)
+    return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kak2c)
 
 
 def check_guard(plan: Plan, share: float) -> str | None:
@@ -1787,7 +1786,7 @@ def _read_holds(value) -> tuple:
     return tuple((units, float(at)) for units, at in value)
 
 
-def save_state(settings: Settings, tracks: dict, read_at: Mapping,
+def write_state(settings: Settings, tracks: dict, read_at: Mapping,
                catalogue: InSalesCatalogue | None) -> None:
     """Keep the tracks (and the catalogue, in incremental mode) for the next run, atomically.
 
@@ -1829,14 +1828,14 @@ def keeps_catalogue(settings: Settings, catalogue: InSalesCatalogue) -> bool:
 
 # --- output: dry-run table, report, summary, metrics, health pings ---------------------------
 
-def print_plan(plan: Plan, refusal: str | None, report: Path | None, out) -> None:
+def print_plan(plan: Plan, rules: Rules, refusal: str | None, report: Path | None, out) -> None:
     """Print the planned changes, and the variants held, as an aligned table capped on screen."""
     shown = {variant.id: (variant, decision) for variant, decision in plan.updates}
     shown.update((variant.id, (variant, decision)) for variant, decision in plan.held)
     rows = heapq.nsmallest(DRY_RUN_ROWS, shown.values(),
                            key=lambda row: (row[0].title, row[0].barcode))
     lines = [(variant.barcode[:40], str(variant.id), variant.title[:50],
-              f"{_qty(variant.quantity)} -> {decision.publish}", _hold_note(decision, plan.rules))
+              f"{_qty(variant.quantity)} -> {decision.publish}", _hold_note(decision, rules))
              for variant, decision in rows]
     header = ("barcode", "variant id", "title", "old -> new", "")
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
@@ -1862,9 +1861,10 @@ def _qty(value) -> str:
     return "" if value is None else str(value)
 
 
-def write_report(path: Path, plan: Plan, outcome: dict) -> None:
-    """Write one CSV row per barcode seen, saying what was done and why."""
-    rows = sorted(plan.rows(), key=lambda row: (row[0], row[1].id if row[1] else 0))
+def write_report(path: Path, rows: Iterable[tuple], outcome: dict) -> None:
+    """Write one CSV row per barcode seen (see report_rows), saying what was done and why;
+    `outcome` overrides the plan's word for variants whose writes went otherwise."""
+    rows = sorted(rows, key=lambda row: (row[0], row[1].id if row[1] else 0))
     lines = [("barcode", "insales_variant_id", "title", "insales_qty", "kak2c_qty",
               "action", "reason")]
     for barcode, variant, stock, decision in rows:
@@ -1877,12 +1877,12 @@ def write_report(path: Path, plan: Plan, outcome: dict) -> None:
     write_atomically(path, buffer.getvalue(), mode=0o644)
 
 
-def save_report(path: Path | None, plan: Plan, outcome: dict) -> None:
-    """Write the report if asked; a report that fails never fails the sync."""
+def write_report_or_log(path: Path | None, rows: Iterable[tuple], outcome: dict) -> None:
+    """Write the report if asked; a report that fails is logged, and never fails the sync."""
     if path is None:
         return
     try:
-        write_report(path, plan, outcome)
+        write_report(path, rows, outcome)
     except (OSError, ValueError) as exc:
         log.error("--report %s: cannot write (%s)", path, getattr(exc, "strerror", None) or exc)
 
@@ -2059,9 +2059,10 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
         raise
     finally:
         progress.close()
-    plan = plan_updates(catalogue.variants.values(), index, state.tracks if state else {},
-                        clock(), Rules(settings.stock_buffer, settings.hold_minutes * 60),
-                        state.read_before if state else {})
+    rules = Rules(settings.stock_buffer, settings.hold_minutes * 60)
+    inputs = (catalogue.variants.values(), index, state.tracks if state else {}, clock(), rules,
+              state.read_before if state else {})
+    plan = plan_updates(*inputs)
     for variant, event in plan.events:
         log.debug("hold %s: barcode %s, variant %s (%s): %d units", event.kind, variant.barcode,
                   variant.id, variant.title[:50], event.units)
@@ -2075,12 +2076,13 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
                         skipped_records=catalogue.skipped + index.skipped,
                         guard=check_guard(plan, settings.guard_zero_share))
     if options.dry_run:
-        print_plan(plan, result.guard, options.report,
+        print_plan(plan, rules, result.guard, options.report,
                    sys.stderr if options.plan_to_stderr else sys.stdout)
-        save_report(options.report, plan, {})
+        write_report_or_log(options.report, report_rows(*inputs), {})
         return result
     if result.guard and not options.force:
-        save_report(options.report, plan, {v.id: ("skip", "guard") for v, _ in plan.updates})
+        write_report_or_log(options.report, report_rows(*inputs),
+                            {v.id: ("skip", "guard") for v, _ in plan.updates})
         raise GuardRefused(f"safety guard: {result.guard}; nothing written", result)
     if result.guard:
         log.warning("safety guard overridden by --force: %s", result.guard)
@@ -2088,12 +2090,13 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
     # Announce the writes before sending them: a sale is never mistaken for our own write,
     # even one InSales applies late or one of a run killed half-way.
     read_at = {i: catalogue.variants[i].updated_at for i in plan.tracks}
-    keep_state(settings, plan.tracks, read_at, kept)
+    write_state_or_log(settings, plan.tracks, read_at, kept)
     writes = apply_plan(insales, plan.updates, settings.quantity_field)
     result.updated, result.failed = len(writes.written), len(writes.failed)
     if plan.updates:
-        keep_state(settings, settle_writes(plan, kept, writes), read_at, kept)
-    save_report(options.report, plan, {i: ("update", "write failed") for i in writes.failed})
+        write_state_or_log(settings, settle_writes(plan, kept, writes), read_at, kept)
+    write_report_or_log(options.report, report_rows(*inputs),
+                        {i: ("update", "write failed") for i in writes.failed})
     if writes.stopped and not writes.written:
         raise UpstreamError(f"{writes.stopped}; no write was confirmed", result)
     result.status = Status.PARTIAL if writes.failed else Status.OK
@@ -2121,10 +2124,11 @@ def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, writes: Writes
     return tracks
 
 
-def keep_state(settings: Settings, tracks: dict, read_at: Mapping,
-               catalogue: InSalesCatalogue | None) -> None:
+def write_state_or_log(settings: Settings, tracks: dict, read_at: Mapping,
+                       catalogue: InSalesCatalogue | None) -> None:
+    """Keep the state; a disk that fails now is logged (the next run starts afresh)."""
     try:
-        save_state(settings, tracks, read_at, catalogue)
+        write_state(settings, tracks, read_at, catalogue)
     except OSError as exc:  # checked before the first request: the disk changed since
         log.error("SYNC_STATE_FILE %s: cannot write (%s)", settings.state_file, exc.strerror)
 

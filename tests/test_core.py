@@ -24,6 +24,7 @@ from sync_stock import (
     parse_usage,
     plan_updates,
     read_kak2c_pages,
+    report_rows,
     rewind,
     show_stock_expression,
     to_quantity,
@@ -160,7 +161,8 @@ def test_plan_skips_duplicates_unknown_stock_and_unmatched():
                 variant(4, "D", 2), variant(5, "E", 2), variant(6, None, 2)]
     plan = plan_updates(variants, index)
     assert plan.updates == []
-    reasons = {(barcode, v.id if v else None): d.reason for barcode, v, _, d in plan.rows()}
+    rows = report_rows(variants, index)
+    reasons = {(barcode, v.id if v else None): d.reason for barcode, v, _, d in rows}
     assert reasons == {
         ("A", 1): "duplicate in InSales", ("A", 2): "duplicate in InSales",
         ("C", 3): "unknown stock", ("D", 4): "duplicate in Kaktus", ("E", 5): "not in Kaktus",
@@ -178,7 +180,8 @@ def test_report_rows_and_plan_come_from_the_same_decision():
     index = KaktusIndex({f"B{i}": (i * 7) % 5 for i in range(40)}, variants=40)
     previous = {i: Track(i % 4 + 1, i % 4 + 1, (i * 7) % 5, ()) for i in range(0, 40, 3)}
     plan = plan_updates(variants, index, previous, 1000.0, Rules(hold_window=HOUR))
-    from_rows = sorted((v.id, d.publish) for _, v, _, d in plan.rows() if d.action == "update")
+    rows = report_rows(variants, index, previous, 1000.0, Rules(hold_window=HOUR))
+    from_rows = sorted((v.id, d.publish) for _, v, _, d in rows if d.action == "update")
     assert from_rows == [(v.id, d.publish) for v, d in plan.updates]
     assert plan.counts["changed"] == len(from_rows) > 0
 
