@@ -1082,6 +1082,31 @@ class InSalesCatalogue:
     products: int = 0
     # what this walk read of the other barcode field (sku or barcode) where the set one is empty
     strays: list = field(default_factory=list)
+    by_product: dict = field(default_factory=dict)  # product id -> its variants, while merging
+
+
+def merge_insales_page(catalogue: InSalesCatalogue, page: list, fields: tuple) -> list:
+    """Merge a page of InSales products into the catalogue, in place: a product's variants
+    replace what was known of it, and one in the trash leaves it. Return the ids (as text) of
+    the malformed products skipped. `fields`: see parse_insales_product."""
+    if not catalogue.by_product and catalogue.variants:
+        for variant in catalogue.variants.values():
+            catalogue.by_product.setdefault(variant.product_id, []).append(variant)
+    malformed = []
+    for product in page:
+        variants = parse_insales_product(product, fields, catalogue.strays)
+        if variants is None:
+            malformed.append(str(product.get("id"))[:40] if isinstance(product, dict) else "?")
+            continue
+        for old in catalogue.by_product.pop(product["id"], ()):
+            catalogue.variants.pop(old.id, None)
+        if product.get("archived") is True:  # in the trash: never written, forgotten
+            continue
+        catalogue.by_product[product["id"]] = variants
+        catalogue.variants.update((v.id, v) for v in variants)
+    catalogue.skipped += len(malformed)
+    catalogue.products = len(catalogue.by_product)
+    return malformed
 
 
 def fetch_insales_catalogue(api: Api, fields: tuple, known: InSalesCatalogue | None,
@@ -1096,27 +1121,12 @@ def fetch_insales_catalogue(api: Api, fields: tuple, known: InSalesCatalogue | N
         since = WALK_START
     else:
         catalogue, since = known, rewind(known.cursor[0])
-    by_product: dict = {}  # product id -> its variants
-    for variant in catalogue.variants.values():
-        by_product.setdefault(variant.product_id, []).append(variant)
     for page, cursor in walk_insales(api, since, 0, progress, stop,
                                      with_deleted=known is not None):
         catalogue.cursor = cursor
-        for product in page:
-            variants = parse_insales_product(product, fields, catalogue.strays)
-            if variants is None:
-                catalogue.skipped += 1
-                if catalogue.skipped <= WARN_MOST:  # a cron mail, not a flood
-                    log.warning("InSales: skipped a malformed product (id %s)",
-                                str(product.get("id"))[:40] if isinstance(product, dict) else "?")
-                continue
-            for old in by_product.pop(product["id"], ()):
-                catalogue.variants.pop(old.id, None)
-            if product.get("archived") is True:  # in the trash: never written, forgotten
-                continue
-            by_product[product["id"]] = variants
-            catalogue.variants.update((v.id, v) for v in variants)
-    catalogue.products = len(by_product)
+        named = catalogue.skipped  # a cron mail, not a flood: WARN_MOST named one by one
+        for product_id in merge_insales_page(catalogue, page, fields)[:max(0, WARN_MOST - named)]:
+            log.warning("InSales: skipped a malformed product (id %s)", product_id)
     if catalogue.skipped > WARN_MOST:
         log.warning("InSales: %d malformed products skipped in all", catalogue.skipped)
     return catalogue

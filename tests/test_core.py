@@ -7,6 +7,7 @@ import pytest
 from sync_stock import (
     KAK2C_EXTRA_PAGES,
     ConfigError,
+    InSalesCatalogue,
     KaktusIndex,
     Rules,
     Track,
@@ -17,6 +18,7 @@ from sync_stock import (
     ends_fetching,
     follow_holds,
     index_kak2c,
+    merge_insales_page,
     normalize_barcode,
     parse_barcodes,
     parse_stock,
@@ -438,3 +440,22 @@ def test_one_field_and_an_expression_follow_one_rule(entries, expected):
     """`stockTotal` and `stockTotal+stockFree` (stockFree 0) agree on every table row."""
     for text in ("stockTotal", "stockTotal+stockFree"):
         assert parse_stock({"stock": entries}, parse_stock_expression(text)) == expected
+
+
+def product(id_, *variants, **extra):
+    return {"id": id_, "title": f"P{id_}", "updated_at": "T1", **extra,
+            "variants": [{"id": v, "barcode": f"B{v}", "quantity": 1} for v in variants]}
+
+
+def test_an_insales_page_is_merged_into_the_catalogue():
+    """A product read again replaces its variants; a trashed one leaves; a malformed one is
+    counted and named."""
+    catalogue = InSalesCatalogue({}, ("T0", 0), 0.0)
+    fields = ("quantity", "barcode", "sku")
+    assert merge_insales_page(catalogue, [product(1, 11, 12), product(2, 21)], fields) == []
+    assert sorted(catalogue.variants) == [11, 12, 21] and catalogue.products == 2
+    broken = {"id": 9, "title": "no variants"}
+    assert merge_insales_page(catalogue, [product(1, 13), product(2, archived=True), broken],
+                              fields) == ["9"]
+    assert sorted(catalogue.variants) == [13]
+    assert (catalogue.products, catalogue.skipped) == (1, 1)
