@@ -2,10 +2,12 @@
 """Keep every InSales variant's stock equal to the Kaktus (kak2c.ru) stock for the same barcode.
 
 One run, then exit: meant for a once-a-minute cron line; README.md is the user's contract (flags,
-settings, exit codes, summary keys). The module reads top to bottom as the pipeline it runs:
-settings -> logging, lock and files -> HTTP -> Kaktus token -> the two reads -> the pure core
-(barcodes, stock, holds, one decision per barcode, plan, guard) -> write -> state -> output ->
-the run -> main(), the one place that turns results and errors into exit codes.
+settings, exit codes, summary keys). Every name is defined before it is used, in sections:
+the outcomes and errors -> settings -> logging, lock and files -> the pure core (barcodes and
+stock, reading the APIs' answers, the Kaktus index, holds, one decision per barcode, the plan,
+the guard: plain data in, plain data out) -> HTTP -> the Kaktus token -> reading Kaktus and
+InSales -> writing InSales -> the state between runs -> output -> the run, and main(), the one
+place that turns results and errors into the summary, the closing ping and the exit code.
 """
 from __future__ import annotations
 
@@ -130,6 +132,27 @@ class GuardRefused(SyncError):
 
 # --- settings ---------------------------------------------------------------------------------
 
+INSALES_BARCODE_FIELDS = {"barcode": "sku", "sku": "barcode"}  # each with the other one
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+STOCK_EXPRESSION = re.compile(r"\s*[A-Za-z_]\w*(\s*[+-]\s*[A-Za-z_]\w*)*\s*", re.ASCII)
+
+
+def parse_stock_expression(text: str) -> tuple:
+    """Read `stockTotal` or `stockTotal - stockReserved + ...` as ((sign, field), ...)."""
+    if not STOCK_EXPRESSION.fullmatch(text):
+        raise ConfigError(f"KAK2C_STOCK_FIELD={text!r} is not a field name or fields joined by "
+                          "+ and -, e.g. stockTotal-stockReserved")
+    signs = ["+"] + re.findall(r"[+-]", text)
+    names = re.findall(r"[A-Za-z_]\w*", text, re.ASCII)
+    return tuple((1 if sign == "+" else -1, name) for sign, name in zip(signs, names))
+
+
+def show_stock_expression(terms: tuple) -> str:
+    """KAK2C_STOCK_FIELD as read: `stockTotal-stockReserved`."""
+    return "".join(("-" if sign < 0 else "+" if i else "") + name
+                   for i, (sign, name) in enumerate(terms))
+
+
 @dataclass(frozen=True)
 class Settings:
     insales_url: str
@@ -186,21 +209,6 @@ class Settings:
         return {s for s in found | {self.insales_password} if s}
 
 
-def load_environment(env_file: str | None = None) -> dict:
-    """Merge the `.env` file (or --env-file) under the real environment, which always wins."""
-    path = Path(env_file) if env_file else HERE / ".env"
-    if env_file and not path.is_file():
-        raise ConfigError(f"--env-file {env_file}: no such file")
-    values = {}
-    if path.is_file():
-        try:
-            values = {k: v for k, v in dotenv_values(path).items() if v is not None}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.__class__.__name__})") from None
-    values.update(os.environ)
-    return values
-
-
 class Setting(NamedTuple):
     name: str
     default: str | None   # None: unset (or, for the first three, required)
@@ -238,6 +246,21 @@ SETTINGS = (
     Setting("METRICS_FILE", None, "the run's figures in the Prometheus text format"),
 )
 DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
+
+
+def load_environment(env_file: str | None = None) -> dict:
+    """Merge the `.env` file (or --env-file) under the real environment, which always wins."""
+    path = Path(env_file) if env_file else HERE / ".env"
+    if env_file and not path.is_file():
+        raise ConfigError(f"--env-file {env_file}: no such file")
+    values = {}
+    if path.is_file():
+        try:
+            values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    values.update(os.environ)
+    return values
 
 
 def load_settings(values: Mapping) -> Settings:
@@ -340,27 +363,6 @@ def _read_kak2c_credentials(get, path) -> bytes:
         raise ConfigError(f"KAK2C_CREDENTIALS_FILE {source}: not a JSON object like "
                           '{"login": ..., "password": ...}')
     return body
-
-
-INSALES_BARCODE_FIELDS = {"barcode": "sku", "sku": "barcode"}  # each with the other one
-FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-STOCK_EXPRESSION = re.compile(r"\s*[A-Za-z_]\w*(\s*[+-]\s*[A-Za-z_]\w*)*\s*", re.ASCII)
-
-
-def parse_stock_expression(text: str) -> tuple:
-    """Read `stockTotal` or `stockTotal - stockReserved + ...` as ((sign, field), ...)."""
-    if not STOCK_EXPRESSION.fullmatch(text):
-        raise ConfigError(f"KAK2C_STOCK_FIELD={text!r} is not a field name or fields joined by "
-                          "+ and -, e.g. stockTotal-stockReserved")
-    signs = ["+"] + re.findall(r"[+-]", text)
-    names = re.findall(r"[A-Za-z_]\w*", text, re.ASCII)
-    return tuple((1 if sign == "+" else -1, name) for sign, name in zip(signs, names))
-
-
-def show_stock_expression(terms: tuple) -> str:
-    """KAK2C_STOCK_FIELD as read: `stockTotal-stockReserved`."""
-    return "".join(("-" if sign < 0 else "+" if i else "") + name
-                   for i, (sign, name) in enumerate(terms))
 
 
 # --- logging, lock and files ------------------------------------------------------------------
@@ -492,6 +494,736 @@ class Progress:
     def close(self) -> None:
         if self.enabled and self.counts:
             sys.stderr.write("\n")
+
+
+# --- the pure core: barcodes and stock --------------------------------------------------------
+
+def normalize_barcode(value) -> str | None:
+    """Trim a barcode; pad a digits-only GTIN to 14 digits; None when there is none."""
+    if type(value) is not str:  # noqa: E721 - exact types: bool is no barcode
+        if type(value) is not int:  # noqa: E721
+            return None
+        value = str(value)
+    if value.isdigit() and value.isascii():  # a clean GTIN, the common case
+        return value.zfill(14)
+    text = value.strip()
+    if not text:
+        return None
+    if text.isdigit() and text.isascii():
+        return text.zfill(14)
+    return text
+
+
+def to_quantity(value) -> int | None:
+    """Read a stock figure (int, float or numeric string) as a whole number; None if it is
+    unreadable or beyond any real count."""
+    if type(value) is int:  # noqa: E721 - the common case first; bool is not a quantity
+        return value if -MAX_COUNT <= value <= MAX_COUNT else None
+    if isinstance(value, str) and len(value) < 40:
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, float) and -MAX_COUNT <= value <= MAX_COUNT:  # NaN fails both
+        return math.floor(value)
+    return None
+
+
+def read_codes(value) -> Collection[str]:
+    """Read one barcode field: text or a number, or a list of them or of objects with a
+    `barcode`, `value` or `code` key."""
+    if not isinstance(value, list):
+        code = normalize_barcode(value)
+        return (code,) if code else ()
+    codes = set()
+    for item in value:
+        if isinstance(item, dict):
+            item = next((item[k] for k in ("barcode", "value", "code") if item.get(k)), None)
+        code = normalize_barcode(item)
+        if code:
+            codes.add(code)
+    return codes
+
+
+def parse_barcodes(record: dict) -> Collection[str]:
+    """Collect a Kaktus variant's barcodes from the barcode fields: `barcode`, `barcodes`."""
+    many = record.get("barcodes")
+    if many is None:  # the common shape, one barcode string: the fast way
+        return read_codes(record.get("barcode"))
+    codes = set(read_codes(record.get("barcode")))
+    if isinstance(many, list):
+        codes.update(read_codes(many))
+    return codes
+
+
+def parse_stock(record: dict, terms: tuple) -> int | None:
+    """Sum a Kaktus variant's stock entries by KAK2C_STOCK_FIELD; None (unknown, never 0) when
+    any entry lacks a named field or holds an unreadable figure, or the sum is beyond any real
+    count. A negative sum is 0."""
+    stock = record.get("stock")
+    if isinstance(stock, dict):
+        stock = [stock]
+    if not isinstance(stock, list):
+        return None
+    total = 0
+    for entry in stock:
+        if not isinstance(entry, dict):
+            return None
+        for sign, name in terms:
+            quantity = to_quantity(entry.get(name))
+            if quantity is None:
+                return None
+            total += sign * quantity
+    return None if total > MAX_COUNT else max(total, 0)
+
+
+def kak2c_variants(product) -> list:
+    """A Kaktus product's variants: its `variants` list, or itself (1 variant = 1 product)."""
+    if not isinstance(product, dict):
+        return []
+    variants = product.get("variants")
+    return variants if isinstance(variants, list) else [product]
+
+
+def stock_entry_keys(variant: dict) -> set:
+    """The keys seen on a Kaktus variant's stock entries: what KAK2C_STOCK_FIELD may name."""
+    stock = variant.get("stock")
+    entries = stock if isinstance(stock, list) else [stock]
+    return {str(key) for entry in entries if isinstance(entry, dict) for key in entry}
+
+
+# --- the pure core: reading answers -----------------------------------------------------------
+
+def decode_json(body: bytes, where: str, kind: type, content_type: str | None = None):
+    """Return a body's JSON if it is of the expected kind, else fail naming what is wrong."""
+    try:
+        value = json.loads(body)  # bytes: no charset guessing on a big body
+    except (ValueError, RecursionError) as exc:
+        nested = " (nested too deep)" if isinstance(exc, RecursionError) else ""
+        seen = f" ({content_type})" if content_type else ""
+        raise UpstreamError(f"{where}: the answer is not JSON{nested}{seen}") from None
+    if not isinstance(value, kind):
+        raise UpstreamError(f"{where}: expected a JSON {_kind_name(kind)}, "
+                            f"got {_kind_name(type(value))}")
+    return value
+
+
+def _kind_name(kind):
+    return {list: "list", dict: "object"}.get(kind, kind.__name__)
+
+
+def error_detail(body: bytes) -> str:
+    """The errors an API answered with, short (an echoed secret is hidden where it is shown:
+    see redact)."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    errors = value.get("errors", value) if isinstance(value, dict) else value
+    try:
+        text = json.dumps(errors, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return ""
+    return f": {text[:200]}"
+
+
+def parse_kak2c_page(body: bytes, page: int) -> tuple:
+    """Return (products, recordsTotal) from a Kaktus page body, or fail naming what is wrong."""
+    where = f"Kaktus GET /api/lite/products?page={page}"
+    value = decode_json(body, where, dict)
+    if value.get("success") is False:
+        raise UpstreamError(f"{where}: error answer{error_detail(body)}")
+    products, total = value.get("products"), value.get("recordsTotal")
+    if not isinstance(products, list):
+        raise UpstreamError(f"{where}: no products list in the answer")
+    if isinstance(total, str) and total.isdigit() and len(total) < 19:
+        total = int(total)
+    if type(total) is not int or total < 0:  # noqa: E721 - bool is no count
+        raise UpstreamError(f"{where}: recordsTotal is missing or not a count")
+    return products, total
+
+
+def planned_pages(total: int, page_length: int) -> int:
+    """How many pages hold recordsTotal products, page 0 being this long (integers: a total of
+    10**400 is legal JSON)."""
+    return -(-total // page_length) if page_length else 1
+
+
+def digest(body: bytes) -> tuple:
+    """What tells a repeated page: its length and a 64-bit hash of every byte (pages of products
+    that begin and end alike must not look the same). Python's own hash of bytes is much
+    cheaper than hashlib's, and a repeat only has to be told within a run."""
+    return len(body), hash(body)
+
+
+def ends_fetching(body: bytes, page: int, digests: set) -> bool:
+    """Whether no page after this one need be fetched: it repeats an earlier one (`digests`,
+    to which it is added), or it holds no products (only short bodies are parsed for that)."""
+    seen = digest(body)
+    if seen in digests:
+        return True
+    digests.add(seen)
+    return len(body) < 1024 and not parse_kak2c_page(body, page)[0]
+
+
+def read_kak2c_pages(bodies: Iterable[bytes]) -> Iterator[list]:
+    """Yield each Kaktus page's new products, page 0 first, for as long as the walk needs
+    pages; fail when they do not add up.
+
+    The walk ends on an empty page, or once the pages recordsTotal needs are read; past them it
+    asks for more (KAK2C_EXTRA_PAGES at most) only while they come full and new, as they do
+    while the catalogue grows. A page that repeats an earlier one (a server that ignores
+    ?page=), or brings no new product, or a catalogue short of its recordsTotal is an error,
+    never a loop or a partial catalogue.
+    """
+    bodies = iter(bodies)
+    body = next(bodies)
+    first, total = parse_kak2c_page(body, 0)
+    planned, digests, seen = planned_pages(total, len(first)), {digest(body)}, set()
+    yield new_products(first, seen)
+    number, last = 0, first
+    while number + 1 < planned or (
+            number + 1 < planned + KAK2C_EXTRA_PAGES and len(seen) < total
+            and len(last) >= len(first) > 0):
+        number, body = number + 1, next(bodies, None)
+        if body is None:  # no more pages to be had
+            break
+        if digest(body) in digests:
+            raise UpstreamError(f"Kaktus page {number} is a page already read: the server "
+                                "does not move on with ?page=; nothing written")
+        digests.add(digest(body))
+        last, _ = parse_kak2c_page(body, number)
+        fresh = new_products(last, seen)
+        if not fresh and number < planned and last:
+            raise UpstreamError(f"Kaktus page {number} brings no new product: the server "
+                                "repeats itself; nothing written")
+        if not fresh:
+            break
+        yield fresh
+    if len(seen) < total:
+        raise UpstreamError(f"Kaktus catalogue is inconsistent: recordsTotal is {total} but "
+                            f"{len(seen)} distinct products came in {number + 1} pages")
+
+
+def new_products(products: list, seen: set) -> list:
+    """Keep the products not seen before, by id (a repeated page adds nothing)."""
+    fresh = []
+    for product in products:
+        key = product.get("id") if isinstance(product, dict) else None
+        if key is None:
+            try:
+                key = json.dumps(product, sort_keys=True)
+            except (ValueError, TypeError, RecursionError):
+                key = object()  # cannot be compared: count it as new
+        elif not isinstance(key, (int, str)):
+            key = repr(key)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(product)
+    return fresh
+
+
+class Variant(NamedTuple):
+    id: int
+    product_id: int
+    barcode: str | None
+    quantity: int | None
+    title: str
+    updated_at: str | None   # the product's, as read: tells a sale from our write not landed
+
+
+def _as(kind: type) -> Callable:
+    """Build `kind` tuples from plain ones at C speed (a NamedTuple's own __new__ is Python)."""
+    return functools.partial(tuple.__new__, kind)
+
+
+new_variant = _as(Variant)
+
+
+def parse_insales_product(product, fields: tuple, strays: list) -> list | None:
+    """Return a product's variants as Variant tuples, or None for a malformed product.
+
+    `fields` names the quantity field, the barcode field and the other one (barcode or sku);
+    each variant without a barcode but with the other field filled is added to `strays`.
+    """
+    if not isinstance(product, dict) or type(product.get("id")) is not int:  # noqa: E721
+        return None
+    variants = product.get("variants")
+    if not isinstance(variants, list):
+        return None
+    quantity_field, barcode_field, other_field = fields
+    title, updated_at = product.get("title"), product.get("updated_at")
+    title = title if isinstance(title, str) else ""
+    updated_at = updated_at if isinstance(updated_at, str) else None
+    result = []
+    for variant in variants:
+        if not isinstance(variant, dict) or type(variant.get("id")) is not int:  # noqa: E721
+            return None
+        name = variant.get("title")
+        barcode = normalize_barcode(variant.get(barcode_field))
+        if barcode is None and normalize_barcode(variant.get(other_field)) is not None:
+            strays.append(variant[other_field])
+        result.append(new_variant((
+            variant["id"], product["id"], barcode, to_quantity(variant.get(quantity_field)),
+            f"{title} / {name}" if isinstance(name, str) and name and name != title else title,
+            updated_at)))
+    return result
+
+
+@dataclass
+class InSalesCatalogue:
+    """InSales variants by id, with where the walk ended: the merged state of the shop."""
+
+    variants: dict
+    cursor: tuple
+    full_walk_at: float
+    skipped: int = 0
+    products: int = 0
+    # what this walk read of the other barcode field (sku or barcode) where the set one is empty
+    strays: list = field(default_factory=list)
+    by_product: dict = field(default_factory=dict)  # product id -> its variants, while merging
+
+
+def merge_insales_page(catalogue: InSalesCatalogue, page: list, fields: tuple) -> list:
+    """Merge a page of InSales products into the catalogue, in place: a product's variants
+    replace what was known of it, and one in the trash leaves it. Return the ids (as text) of
+    the malformed products skipped. `fields`: see parse_insales_product."""
+    if not catalogue.by_product and catalogue.variants:
+        for variant in catalogue.variants.values():
+            catalogue.by_product.setdefault(variant.product_id, []).append(variant)
+    malformed = []
+    for product in page:
+        variants = parse_insales_product(product, fields, catalogue.strays)
+        if variants is None:
+            malformed.append(str(product.get("id"))[:40] if isinstance(product, dict) else "?")
+            continue
+        for old in catalogue.by_product.pop(product["id"], ()):
+            catalogue.variants.pop(old.id, None)
+        if product.get("archived") is True:  # in the trash: never written, forgotten
+            continue
+        catalogue.by_product[product["id"]] = variants
+        catalogue.variants.update((v.id, v) for v in variants)
+    catalogue.skipped += len(malformed)
+    catalogue.products = len(catalogue.by_product)
+    return malformed
+
+
+def last_anchor(page: list) -> tuple | None:
+    """Return (position, (updated_at, id)) of a page's last product with both, or None."""
+    for position in range(len(page) - 1, -1, -1):
+        product = page[position]
+        if isinstance(product, dict):
+            updated_at, product_id = product.get("updated_at"), product.get("id")
+            if isinstance(updated_at, str) and type(product_id) is int:  # noqa: E721
+                return position, (updated_at, product_id)
+    return None
+
+
+def rewind(updated_at: str) -> str:
+    """Step a little before an InSales time, so that no change in the same second is lost."""
+    try:
+        moment = datetime.fromisoformat(updated_at.replace("Z", "+00:00"))
+        return (moment - CURSOR_REWIND).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError):
+        return WALK_START
+
+
+# --- the pure core: the Kaktus index ----------------------------------------------------------
+
+@dataclass
+class KaktusIndex:
+    """Kaktus quantity by barcode (None: unknown stock), the barcodes held twice, where the
+    barcodes were read, and what the data warnings need."""
+
+    quantities: dict = field(default_factory=dict)
+    duplicates: set = field(default_factory=set)
+    barcode_field: str = "barcode"   # the barcode fields, "id", or KAK2C_BARCODE_FIELD's name
+    variants: int = 0
+    with_barcode: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    first_variant: dict | None = None   # for the warnings: the first without a barcode,
+    first_unknown: dict | None = None   # the first with unknown stock: keys actually seen
+
+
+def index_kak2c(pages: Iterable[list], terms: tuple, barcode_field: str = "auto") -> KaktusIndex:
+    """Index Kaktus variants by barcode, in both shapes: product->variants and one per product.
+
+    With `auto`, the barcode fields; when not one variant of the whole catalogue has one, the
+    variant ids (the original integration's account uses its barcodes as ids). Ids are only
+    gathered until the first barcode shows, so an account with barcode fields never has its ids
+    matched. Another name reads that field alone.
+    """
+    index = KaktusIndex()
+    if barcode_field == "auto":
+        read = parse_barcodes
+    else:
+        index.barcode_field = barcode_field
+        read = functools.partial(_read_field, barcode_field)
+    by_id: dict | None = {} if barcode_field == "auto" else None
+    by_id_twice: set = set()
+    variants = without_barcode = with_id = 0  # locals: the loop runs 100,000 times
+    for products in pages:
+        for product in products:
+            if not isinstance(product, dict):
+                index.skipped += 1
+                continue
+            for variant in kak2c_variants(product):
+                if not isinstance(variant, dict):
+                    index.skipped += 1
+                    continue
+                variants += 1
+                quantity = parse_stock(variant, terms)
+                if quantity is None:
+                    index.unknown += 1
+                    index.first_unknown = index.first_unknown or variant
+                codes = read(variant)
+                if codes:
+                    by_id, quantities, duplicates = None, index.quantities, index.duplicates
+                else:
+                    without_barcode += 1
+                    index.first_variant = index.first_variant or variant
+                    if by_id is None:
+                        continue
+                    codes = read_codes(variant.get("id"))
+                    quantities, duplicates = by_id, by_id_twice
+                    with_id += bool(codes)
+                for barcode in codes:
+                    if barcode in quantities:  # it stays there until all pages are in
+                        duplicates.add(barcode)
+                    quantities[barcode] = quantity
+    index.variants, index.with_barcode = variants, variants - without_barcode
+    if by_id:  # not one barcode field anywhere: the ids are the barcodes
+        index.quantities, index.duplicates, index.barcode_field = by_id, by_id_twice, "id"
+        index.with_barcode = with_id
+    for barcode in index.duplicates:
+        index.quantities.pop(barcode, None)
+    return index
+
+
+def _read_field(name: str, variant: dict) -> Collection[str]:
+    return read_codes(variant.get(name))
+
+
+# --- the pure core: holds ---------------------------------------------------------------------
+
+class Track(NamedTuple):
+    """A matched variant as the last run that kept its state left it (see follow_holds)."""
+
+    seen: int        # S: the InSales quantity it read (R once InSales confirmed our write)
+    announced: int   # R: what it wrote or announced it would write there, or S
+    stock: int       # the Kaktus stock it read
+    holds: tuple     # ((units, seen at), ...), oldest first: sales Kaktus has not seen yet
+
+
+class HoldEvent(NamedTuple):
+    kind: str        # "sale", "caught up", "cancelled", "expired"
+    units: int
+    age: float = 0.0  # "caught up": how long the oldest hold it released had waited
+
+
+def follow_holds(track: Track | None, quantity: int, stock: int, moved: bool, now: float,
+                 window: float) -> tuple:
+    """Carry a variant's holds one run on; return (new holds, events).
+
+    Q is `quantity`, S and R the track's; `moved`: the product's updated_at is not the one
+    read with S. When in doubt a rule holds rather than releases: a unit shown too few costs a
+    sale, a unit sold twice costs a customer.
+    - A sale: Q below R, and Q not S, or Q = S while the product moved (our write landed and a
+      customer bought back what it added). Q = S unmoved: our write has not landed; Q = R: it
+      landed.
+    - InSales rising by itself (Q above R, not S: a cancel, a return) releases the newest holds,
+      less what Kaktus rose by too: a cancel both sides counted frees no other order's hold.
+    - Kaktus falling (it has seen the orders) releases the oldest, after this run's sale is
+      held; a hold expires `window` seconds after it was seen.
+    """
+    if track is None or window <= 0:
+        return (), ()
+    holds = [hold for hold in track.holds if now - hold[1] < window]
+    events = []
+    expired = sum(units for units, _ in track.holds) - sum(units for units, _ in holds)
+    if expired:
+        events.append(HoldEvent("expired", expired))
+    seen, announced = track.seen, track.announced
+    if quantity < announced and (quantity != seen or moved):
+        holds.append((announced - quantity, now))
+        events.append(HoldEvent("sale", announced - quantity))
+    elif quantity > announced and quantity != seen:
+        released = _release(holds, quantity - announced - max(0, stock - track.stock),
+                            newest_first=True)
+        if released:
+            events.append(HoldEvent("cancelled", released))
+    if stock < track.stock and holds:
+        age = now - holds[0][1]
+        released = _release(holds, track.stock - stock, newest_first=False)
+        events.append(HoldEvent("caught up", released, age))
+    return tuple(holds), tuple(events)
+
+
+def _release(holds: list, units: int, newest_first: bool) -> int:
+    """Take up to `units` held units off `holds` (in place); return how many were released."""
+    released = 0
+    while holds and released < units:
+        at = -1 if newest_first else 0
+        held, seen_at = holds[at]
+        take = min(held, units - released)
+        released += take
+        if take == held:
+            holds.pop(at)
+        else:
+            holds[at] = (held - take, seen_at)
+    return released
+
+
+# --- the pure core: one decision per barcode, the plan, the guard -----------------------------
+
+class Rules(NamedTuple):
+    """What turns Kaktus' stock into the figure to publish."""
+
+    buffer: int = 0          # SYNC_STOCK_BUFFER
+    hold_window: float = 0   # SYNC_HOLD_MINUTES, in seconds; 0: no holds
+
+
+PLAIN = Rules()  # Kaktus' figure as it is
+
+
+class Decision(NamedTuple):
+    """One barcode's fate: what to do, why, the figure to publish, and what to keep."""
+
+    rule: str                  # the key the counts use
+    action: str                # "update", "unchanged" or "skip"
+    reason: str                # the report's words
+    publish: int | None = None
+    track: Track | None = None   # kept for the next run: matched, known stock, readable quantity
+    events: tuple = ()
+
+
+DUPLICATE_IN_INSALES = Decision("duplicate_insales", "skip", "duplicate in InSales")
+DUPLICATE_IN_KAK2C = Decision("duplicate_kak2c", "skip", "duplicate in Kaktus")
+NOT_IN_KAK2C = Decision("not_in_kak2c", "skip", "not in Kaktus")
+NOT_IN_INSALES = Decision("not_in_insales", "skip", "not in InSales")
+UNKNOWN_STOCK = Decision("unknown", "skip", "unknown stock")
+MISSING = object()
+
+
+def decide(variant: Variant, kak2c: KaktusIndex, track: Track | None, now: float,
+           rules: Rules, moved: bool = False) -> Decision:
+    """Decide what to do with a variant whose barcode no other InSales variant holds.
+
+    The rules, in order: a barcode Kaktus holds twice, or not at all, or with unknown stock is
+    skipped; otherwise publish max(0, Kaktus stock - held - buffer), an update where InSales
+    shows another figure. `moved`: see has_moved().
+    """
+    stock = kak2c.quantities.get(variant.barcode, MISSING)
+    if stock is MISSING:
+        return DUPLICATE_IN_KAK2C if variant.barcode in kak2c.duplicates else NOT_IN_KAK2C
+    if stock is None:
+        return UNKNOWN_STOCK
+    quantity = variant.quantity
+    if quantity is None:  # unreadable in InSales: Kaktus' figure, nothing to follow
+        publish = max(0, stock - rules.buffer)
+        return Decision("update", "update", "stock differs", publish)
+    holds, events = follow_holds(track, quantity, stock, moved, now, rules.hold_window)
+    publish = max(0, stock - sum(units for units, _ in holds) - rules.buffer)
+    rule, action = ("same", "unchanged") if publish == quantity else ("update", "update")
+    if holds:
+        reason = f"held: sale in flight ({hold_text(holds, rules)})"
+    else:
+        reason = "same stock" if rule == "same" else "stock differs"
+    announced = publish if rule == "update" else quantity
+    return Decision(rule, action, reason, publish, Track(quantity, announced, stock, holds),
+                    events)
+
+
+def has_moved(variant: Variant, track: Track | None, read_before: Mapping) -> bool:
+    """Whether the variant's product changed since the last run read it, where that tells a
+    sale from our own write not landed yet (the last run wrote there, unconfirmed)."""
+    return track is not None and track.announced != track.seen \
+        and read_before.get(variant.id) != variant.updated_at
+
+
+def hold_text(holds: tuple, rules: Rules) -> str:
+    """'2 until 13:04': the units held and when the last of them expires, local time."""
+    until = datetime.fromtimestamp(max(at for _, at in holds) + rules.hold_window)
+    return f"{sum(units for units, _ in holds)} until {until:%H:%M}"
+
+
+@dataclass
+class Plan:
+    """What to write, the summary's counts, and what the warnings look at."""
+
+    updates: list       # (Variant, Decision) with action "update", by variant id
+    counts: dict
+    stocked: int        # matched variants that have stock in InSales now
+    zeroed: int         # of those, how many the plan sets to 0
+    tracks: dict        # variant id -> Track, for the next run
+    held: list          # (Variant, Decision) of the variants with a hold after this run
+    events: list        # (Variant, HoldEvent), for the log
+    unique: dict        # barcode -> the one InSales variant holding it
+    shared: dict        # barcode -> the InSales variants holding it together
+    kak2c: KaktusIndex
+
+
+def split_duplicates(variants: Collection[Variant]) -> tuple:
+    """Return ({barcode: its one variant}, {barcode: the variants sharing it}, barcoded count)."""
+    coded = [variant for variant in variants if variant.barcode is not None]
+    unique = {variant.barcode: variant for variant in coded}
+    shared: dict = {}
+    if len(unique) < len(coded):  # some barcode is held twice: set all its holders aside
+        held = Counter(variant.barcode for variant in coded)
+        for variant in coded:
+            if held[variant.barcode] > 1:
+                shared.setdefault(variant.barcode, []).append(variant)
+        for barcode in shared:
+            del unique[barcode]
+    return unique, shared, len(coded)
+
+
+def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: dict | None = None,
+                 now: float = 0.0, rules: Rules = PLAIN, read_before: dict | None = None) -> Plan:
+    """Join both sides by barcode, decide every barcode, and plan the writes.
+
+    `previous`: the last run's Track by variant id; `read_before`: the updated_at of each
+    variant's product as that run read it.
+    """
+    previous, read_before = previous or {}, read_before or {}
+    unique, shared, coded = split_duplicates(variants)
+    tally = dict.fromkeys(("update", "same", "unknown", "not_in_kak2c", "duplicate_kak2c"), 0)
+    updates, tracks, held, events, stocked, zeroed = [], {}, [], [], 0, 0
+    quantities = kak2c.quantities
+    # Within a run, decide() of a variant with a known stock depends on (quantity, stock,
+    # track, moved) alone, and a catalogue has few such keys: look its answer up rather than
+    # decide it again for each of 100,000 variants.
+    table: dict = {}
+    # One pass in the catalogue's own order: walking a set of barcodes instead jumps around
+    # memory, which at 100,000 variants costs more than this whole loop.
+    for variant in unique.values():
+        track, stock = previous.get(variant.id), quantities.get(variant.barcode)
+        moved = has_moved(variant, track, read_before)
+        key = (variant.quantity, stock, track, moved)
+        decision = table.get(key)
+        if decision is None:
+            decision = decide(variant, kak2c, track, now, rules, moved)
+            if stock is not None:  # a missing or unknown stock is the barcode's own case
+                table[key] = decision
+        tally[decision.rule] += 1
+        if decision.track is not None:
+            tracks[variant.id] = decision.track
+            if decision.track.holds:
+                held.append((variant, decision))
+        if decision.events:
+            events.extend((variant, event) for event in decision.events)
+        if decision.rule in ("update", "same", "unknown"):
+            has_stock = variant.quantity is not None and variant.quantity > 0
+            stocked += has_stock
+            if decision.action == "update":
+                updates.append((variant, decision))
+                zeroed += has_stock and decision.publish == 0
+    updates.sort(key=lambda update: update[0].id)
+    counts = {
+        "insales_variants": len(variants),
+        "insales_with_barcode": coded,
+        "insales_duplicate_barcodes": len(shared),
+        "kak2c_variants": kak2c.variants,
+        "kak2c_duplicate_barcodes": len(kak2c.duplicates),
+        "matched": tally["update"] + tally["same"] + tally["unknown"],
+        "changed": tally["update"],
+        "unmatched_insales": tally["not_in_kak2c"],
+        "unmatched_kak2c": len(quantities.keys() - unique.keys() - shared.keys()),
+        "unknown_stock": tally["unknown"],
+        "held_variants": len(held),
+        "held_units": sum(units for _, d in held for units, _ in d.track.holds),
+        "expired_units": sum(e.units for _, e in events if e.kind == "expired"),
+        "caught_up_after_s": max((round(e.age, 1) for _, e in events if e.kind == "caught up"),
+                                 default=None),
+        "kak2c_barcode_field": kak2c.barcode_field,
+    }
+    return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kak2c)
+
+
+def report_rows(variants: Collection[Variant], kak2c: KaktusIndex, previous: dict | None = None,
+                now: float = 0.0, rules: Rules = PLAIN,
+                read_before: dict | None = None) -> Iterator[tuple]:
+    """Yield (barcode, Variant or None, Kaktus stock, Decision) for every barcode seen, from the
+    same inputs and by the same decide() as plan_updates(): built only when a report is asked."""
+    previous, read_before = previous or {}, read_before or {}
+    unique, shared, _ = split_duplicates(variants)
+    quantities, duplicates = kak2c.quantities, kak2c.duplicates
+    for barcode, held in shared.items():
+        for variant in held:
+            yield barcode, variant, quantities.get(barcode), DUPLICATE_IN_INSALES
+    for barcode, variant in unique.items():
+        track = previous.get(variant.id)
+        yield barcode, variant, quantities.get(barcode), decide(
+            variant, kak2c, track, now, rules, has_moved(variant, track, read_before))
+    for barcode, quantity in quantities.items():
+        if barcode not in unique and barcode not in shared:
+            yield barcode, None, quantity, NOT_IN_INSALES
+    for barcode in duplicates - unique.keys() - shared.keys():
+        yield barcode, None, None, DUPLICATE_IN_KAK2C
+
+
+def check_guard(plan: Plan, share: float) -> str | None:
+    """Say why the plan must not be written (a Kaktus glitch must never empty a shop), or None."""
+    if plan.counts["kak2c_variants"] == 0 and plan.counts["insales_with_barcode"] > 0:
+        return (f"Kaktus answered no products at all while InSales has "
+                f"{plan.counts['insales_with_barcode']} variants with barcodes")
+    if plan.zeroed >= GUARD_MIN_ZEROED and plan.zeroed > share * plan.stocked:
+        return (f"the plan would set {plan.zeroed} of {plan.stocked} stocked variants to 0, more "
+                f"than SYNC_GUARD_ZERO_SHARE={share:g}; run with --force if Kaktus is right")
+    return None
+
+
+KAK2C_SHAPES = ("barcode (text), barcodes (a list of texts, or of objects with barcode, value "
+                "or code), and the variant id when no variant has either")
+
+
+def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
+    """Say what in the data looks unlike a working setup, naming what to look at.
+
+    `strays`: the other InSales barcode field's values, where the set one was empty.
+    """
+    kak2c, counts, warnings = plan.kak2c, plan.counts, []
+    keys = ", ".join(sorted(map(str, kak2c.first_variant or {}))) or "-"  # one without a barcode
+    setting = f"KAK2C_BARCODE_FIELD={settings.kak2c_barcode_field}"
+    if kak2c.variants and not kak2c.with_barcode:
+        warnings.append(f"none of the {kak2c.variants} Kaktus variants carries a barcode where "
+                        f"{setting} reads it; keys seen on a variant: {keys}; understood with "
+                        f"auto: {KAK2C_SHAPES}; or set the one field that holds it")
+    field, other = settings.insales_fields[1:]
+    if counts["insales_variants"] and not counts["insales_with_barcode"]:
+        hint = ""
+        if len(strays) * 2 > counts["insales_variants"]:
+            hint = (f"; {other} is filled on {len(strays)} of them (e.g. {str(strays[0])[:40]!r}): "
+                    f"if it holds the barcodes, set INSALES_BARCODE_FIELD={other}")
+        warnings.append(f"none of the {counts['insales_variants']} InSales variants has a barcode "
+                        f"in INSALES_BARCODE_FIELD={field}{hint}")
+    if kak2c.unknown * 2 > kak2c.variants:
+        stock_keys = sorted(stock_entry_keys(kak2c.first_unknown or {}))
+        warnings.append(f"{kak2c.unknown} of {kak2c.variants} Kaktus variants have unknown stock; "
+                        f"check KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)!r}"
+                        f" against the keys seen on a stock entry: {', '.join(stock_keys) or '-'}")
+    if counts["matched"] == 0 and plan.unique and kak2c.quantities:
+        hint = ""
+        if kak2c.barcode_field == "id" and settings.kak2c_barcode_field == "auto":
+            hint = (f"; no Kaktus variant has a barcode field, so their ids were taken as "
+                    f"barcodes: if the barcodes sit elsewhere, set KAK2C_BARCODE_FIELD to that "
+                    f"field (keys seen on a variant: {keys})")
+        warnings.append(f"not one barcode matches: InSales has e.g. {next(iter(plan.unique))!r}, "
+                        f"Kaktus e.g. {next(iter(kak2c.quantities))!r} (both normalised){hint}")
+    expired = [(variant, event) for variant, event in plan.events if event.kind == "expired"]
+    if expired:
+        warnings.append(
+            f"{counts['expired_units']} held units expired in this run before Kaktus' stock fell "
+            f"(e.g. barcode {expired[0][0].barcode!r}), so they are on sale again: this Kaktus "
+            f"may count orders later than SYNC_HOLD_MINUTES={settings.hold_minutes:g} (at "
+            "shipment rather than at reservation?); set SYNC_HOLD_MINUTES longer, or "
+            "KAK2C_STOCK_FIELD=stockTotal-stockReserved if its stock entries carry a reserve")
+    sharing = sum(map(len, plan.shared.values()))
+    if sharing * 10 > counts["insales_with_barcode"]:
+        warnings.append(f"{sharing} of {counts['insales_with_barcode']} InSales variants share "
+                        "their barcode with another and are never synced; --report PATH lists them")
+    return warnings
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -636,49 +1368,16 @@ def retry_after(headers: Mapping, default: float) -> float:
         return default
 
 
-def parse_json(answer: Answer, where: str, kind: type):
-    """Return the JSON body of a 200 answer if it is of the expected kind, else fail clearly."""
-    expect_ok(answer, where)
-    return decode_json(answer.body, where, kind,
-                       answer.headers.get("Content-Type", "no Content-Type"))
-
-
 def expect_ok(answer: Answer, where: str) -> None:
     if answer.status != 200:
         raise UpstreamError(f"{where}: HTTP {answer.status}{error_detail(answer.body)}")
 
 
-def decode_json(body: bytes, where: str, kind: type, content_type: str | None = None):
-    """Return a body's JSON if it is of the expected kind, else fail naming what is wrong."""
-    try:
-        value = json.loads(body)  # bytes: no charset guessing on a big body
-    except (ValueError, RecursionError) as exc:
-        nested = " (nested too deep)" if isinstance(exc, RecursionError) else ""
-        seen = f" ({content_type})" if content_type else ""
-        raise UpstreamError(f"{where}: the answer is not JSON{nested}{seen}") from None
-    if not isinstance(value, kind):
-        raise UpstreamError(f"{where}: expected a JSON {_kind_name(kind)}, "
-                            f"got {_kind_name(type(value))}")
-    return value
-
-
-def _kind_name(kind):
-    return {list: "list", dict: "object"}.get(kind, kind.__name__)
-
-
-def error_detail(body: bytes) -> str:
-    """The errors an API answered with, short (an echoed secret is hidden where it is shown:
-    see redact)."""
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
-        return ""
-    errors = value.get("errors", value) if isinstance(value, dict) else value
-    try:
-        text = json.dumps(errors, ensure_ascii=False)
-    except (ValueError, RecursionError):
-        return ""
-    return f": {text[:200]}"
+def parse_json(answer: Answer, where: str, kind: type):
+    """Return the JSON body of a 200 answer if it is of the expected kind, else fail clearly."""
+    expect_ok(answer, where)
+    return decode_json(answer.body, where, kind,
+                       answer.headers.get("Content-Type", "no Content-Type"))
 
 
 def make_apis(settings: Settings, policy: RetryPolicy) -> tuple:
@@ -691,6 +1390,36 @@ def make_apis(settings: Settings, policy: RetryPolicy) -> tuple:
 
 
 # --- Kaktus token -----------------------------------------------------------------------------
+
+def token_expiry(token: str, expires_in, now: float) -> float:
+    """Take the JWT's exp claim as the truth; expires_in, then 4 hours, as fallbacks."""
+    try:
+        payload = token.split(".")[1]
+        exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"]
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp < 1e11:
+            return float(exp)
+    except (IndexError, ValueError, KeyError, TypeError, RecursionError):
+        pass
+    if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) \
+            and 0 < expires_in < 1e9:
+        return now + expires_in
+    return now + TOKEN_TTL
+
+
+def is_token_refused(answer: Answer) -> bool:
+    """Tell an expired or refused token; its answer may come as HTTP 401 or as 200."""
+    if answer.status == 401:
+        return True
+    if len(answer.body) > 4096 or b"401" not in answer.body:
+        return False  # a catalogue page, not the short error body: don't parse it twice
+    try:
+        body = json.loads(answer.body)
+    except (ValueError, RecursionError):
+        return False
+    errors = body.get("errors") if isinstance(body, dict) else None
+    return isinstance(errors, list) and any(
+        isinstance(e, dict) and str(e.get("code")) == "401" for e in errors)
+
 
 class KaktusToken:
     """The cached JWT: log in when it is missing, near its exp, or refused."""
@@ -751,36 +1480,6 @@ class KaktusToken:
                 "renew_at": self.renew_at}))
         except OSError as exc:  # checked before the first request: the disk changed since
             log.warning("KAK2C_TOKEN_FILE %s: cannot write (%s)", self.cache, exc.strerror)
-
-
-def token_expiry(token: str, expires_in, now: float) -> float:
-    """Take the JWT's exp claim as the truth; expires_in, then 4 hours, as fallbacks."""
-    try:
-        payload = token.split(".")[1]
-        exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"]
-        if isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp < 1e11:
-            return float(exp)
-    except (IndexError, ValueError, KeyError, TypeError, RecursionError):
-        pass
-    if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) \
-            and 0 < expires_in < 1e9:
-        return now + expires_in
-    return now + TOKEN_TTL
-
-
-def is_token_refused(answer: Answer) -> bool:
-    """Tell an expired or refused token; its answer may come as HTTP 401 or as 200."""
-    if answer.status == 401:
-        return True
-    if len(answer.body) > 4096 or b"401" not in answer.body:
-        return False  # a catalogue page, not the short error body: don't parse it twice
-    try:
-        body = json.loads(answer.body)
-    except (ValueError, RecursionError):
-        return False
-    errors = body.get("errors") if isinstance(body, dict) else None
-    return isinstance(errors, list) and any(
-        isinstance(e, dict) and str(e.get("code")) == "401" for e in errors)
 
 
 # --- reading Kaktus ---------------------------------------------------------------------------
@@ -853,119 +1552,6 @@ def more_kak2c_pages(api: Api, token: KaktusToken, size: int | None,
         yield fetch_kak2c_page(api, token, number, size)
 
 
-def stock_entry_keys(variant: dict) -> set:
-    """The keys seen on a Kaktus variant's stock entries: what KAK2C_STOCK_FIELD may name."""
-    stock = variant.get("stock")
-    entries = stock if isinstance(stock, list) else [stock]
-    return {str(key) for entry in entries if isinstance(entry, dict) for key in entry}
-
-
-def kak2c_variants(product) -> list:
-    """A Kaktus product's variants: its `variants` list, or itself (1 variant = 1 product)."""
-    if not isinstance(product, dict):
-        return []
-    variants = product.get("variants")
-    return variants if isinstance(variants, list) else [product]
-
-
-# --- the pure core: Kaktus pages -------------------------------------------------------------
-
-def parse_kak2c_page(body: bytes, page: int) -> tuple:
-    """Return (products, recordsTotal) from a Kaktus page body, or fail naming what is wrong."""
-    where = f"Kaktus GET /api/lite/products?page={page}"
-    value = decode_json(body, where, dict)
-    if value.get("success") is False:
-        raise UpstreamError(f"{where}: error answer{error_detail(body)}")
-    products, total = value.get("products"), value.get("recordsTotal")
-    if not isinstance(products, list):
-        raise UpstreamError(f"{where}: no products list in the answer")
-    if isinstance(total, str) and total.isdigit() and len(total) < 19:
-        total = int(total)
-    if type(total) is not int or total < 0:  # noqa: E721 - bool is no count
-        raise UpstreamError(f"{where}: recordsTotal is missing or not a count")
-    return products, total
-
-
-def planned_pages(total: int, page_length: int) -> int:
-    """How many pages hold recordsTotal products, page 0 being this long (integers: a total of
-    10**400 is legal JSON)."""
-    return -(-total // page_length) if page_length else 1
-
-
-def digest(body: bytes) -> tuple:
-    """What tells a repeated page: its length and a 64-bit hash of every byte (pages of products
-    that begin and end alike must not look the same). Python's own hash of bytes is much
-    cheaper than hashlib's, and a repeat only has to be told within a run."""
-    return len(body), hash(body)
-
-
-def ends_fetching(body: bytes, page: int, digests: set) -> bool:
-    """Whether no page after this one need be fetched: it repeats an earlier one (`digests`,
-    to which it is added), or it holds no products (only short bodies are parsed for that)."""
-    seen = digest(body)
-    if seen in digests:
-        return True
-    digests.add(seen)
-    return len(body) < 1024 and not parse_kak2c_page(body, page)[0]
-
-
-def read_kak2c_pages(bodies: Iterable[bytes]) -> Iterator[list]:
-    """Yield each Kaktus page's new products, page 0 first, for as long as the walk needs
-    pages; fail when they do not add up.
-
-    The walk ends on an empty page, or once the pages recordsTotal needs are read; past them it
-    asks for more (KAK2C_EXTRA_PAGES at most) only while they come full and new, as they do
-    while the catalogue grows. A page that repeats an earlier one (a server that ignores
-    ?page=), or brings no new product, or a catalogue short of its recordsTotal is an error,
-    never a loop or a partial catalogue.
-    """
-    bodies = iter(bodies)
-    body = next(bodies)
-    first, total = parse_kak2c_page(body, 0)
-    planned, digests, seen = planned_pages(total, len(first)), {digest(body)}, set()
-    yield new_products(first, seen)
-    number, last = 0, first
-    while number + 1 < planned or (
-            number + 1 < planned + KAK2C_EXTRA_PAGES and len(seen) < total
-            and len(last) >= len(first) > 0):
-        number, body = number + 1, next(bodies, None)
-        if body is None:  # no more pages to be had
-            break
-        if digest(body) in digests:
-            raise UpstreamError(f"Kaktus page {number} is a page already read: the server "
-                                "does not move on with ?page=; nothing written")
-        digests.add(digest(body))
-        last, _ = parse_kak2c_page(body, number)
-        fresh = new_products(last, seen)
-        if not fresh and number < planned and last:
-            raise UpstreamError(f"Kaktus page {number} brings no new product: the server "
-                                "repeats itself; nothing written")
-        if not fresh:
-            break
-        yield fresh
-    if len(seen) < total:
-        raise UpstreamError(f"Kaktus catalogue is inconsistent: recordsTotal is {total} but "
-                            f"{len(seen)} distinct products came in {number + 1} pages")
-
-
-def new_products(products: list, seen: set) -> list:
-    """Keep the products not seen before, by id (a repeated page adds nothing)."""
-    fresh = []
-    for product in products:
-        key = product.get("id") if isinstance(product, dict) else None
-        if key is None:
-            try:
-                key = json.dumps(product, sort_keys=True)
-            except (ValueError, TypeError, RecursionError):
-                key = object()  # cannot be compared: count it as new
-        elif not isinstance(key, (int, str)):
-            key = repr(key)
-        if key not in seen:
-            seen.add(key)
-            fresh.append(product)
-    return fresh
-
-
 # --- reading InSales --------------------------------------------------------------------------
 
 def walk_insales(api: Api, since: str, from_id: int, progress: Progress,
@@ -1013,102 +1599,6 @@ def walk_insales(api: Api, since: str, from_id: int, progress: Progress,
         yield page, cursor
 
 
-def last_anchor(page: list) -> tuple | None:
-    """Return (position, (updated_at, id)) of a page's last product with both, or None."""
-    for position in range(len(page) - 1, -1, -1):
-        product = page[position]
-        if isinstance(product, dict):
-            updated_at, product_id = product.get("updated_at"), product.get("id")
-            if isinstance(updated_at, str) and type(product_id) is int:  # noqa: E721
-                return position, (updated_at, product_id)
-    return None
-
-
-class Variant(NamedTuple):
-    id: int
-    product_id: int
-    barcode: str | None
-    quantity: int | None
-    title: str
-    updated_at: str | None   # the product's, as read: tells a sale from our write not landed
-
-
-def _as(kind: type) -> Callable:
-    """Build `kind` tuples from plain ones at C speed (a NamedTuple's own __new__ is Python)."""
-    return functools.partial(tuple.__new__, kind)
-
-
-new_variant = _as(Variant)
-
-
-def parse_insales_product(product, fields: tuple, strays: list) -> list | None:
-    """Return a product's variants as Variant tuples, or None for a malformed product.
-
-    `fields` names the quantity field, the barcode field and the other one (barcode or sku);
-    each variant without a barcode but with the other field filled is added to `strays`.
-    """
-    if not isinstance(product, dict) or type(product.get("id")) is not int:  # noqa: E721
-        return None
-    variants = product.get("variants")
-    if not isinstance(variants, list):
-        return None
-    quantity_field, barcode_field, other_field = fields
-    title, updated_at = product.get("title"), product.get("updated_at")
-    title = title if isinstance(title, str) else ""
-    updated_at = updated_at if isinstance(updated_at, str) else None
-    result = []
-    for variant in variants:
-        if not isinstance(variant, dict) or type(variant.get("id")) is not int:  # noqa: E721
-            return None
-        name = variant.get("title")
-        barcode = normalize_barcode(variant.get(barcode_field))
-        if barcode is None and normalize_barcode(variant.get(other_field)) is not None:
-            strays.append(variant[other_field])
-        result.append(new_variant((
-            variant["id"], product["id"], barcode, to_quantity(variant.get(quantity_field)),
-            f"{title} / {name}" if isinstance(name, str) and name and name != title else title,
-            updated_at)))
-    return result
-
-
-@dataclass
-class InSalesCatalogue:
-    """InSales variants by id, with where the walk ended: the merged state of the shop."""
-
-    variants: dict
-    cursor: tuple
-    full_walk_at: float
-    skipped: int = 0
-    products: int = 0
-    # what this walk read of the other barcode field (sku or barcode) where the set one is empty
-    strays: list = field(default_factory=list)
-    by_product: dict = field(default_factory=dict)  # product id -> its variants, while merging
-
-
-def merge_insales_page(catalogue: InSalesCatalogue, page: list, fields: tuple) -> list:
-    """Merge a page of InSales products into the catalogue, in place: a product's variants
-    replace what was known of it, and one in the trash leaves it. Return the ids (as text) of
-    the malformed products skipped. `fields`: see parse_insales_product."""
-    if not catalogue.by_product and catalogue.variants:
-        for variant in catalogue.variants.values():
-            catalogue.by_product.setdefault(variant.product_id, []).append(variant)
-    malformed = []
-    for product in page:
-        variants = parse_insales_product(product, fields, catalogue.strays)
-        if variants is None:
-            malformed.append(str(product.get("id"))[:40] if isinstance(product, dict) else "?")
-            continue
-        for old in catalogue.by_product.pop(product["id"], ()):
-            catalogue.variants.pop(old.id, None)
-        if product.get("archived") is True:  # in the trash: never written, forgotten
-            continue
-        catalogue.by_product[product["id"]] = variants
-        catalogue.variants.update((v.id, v) for v in variants)
-    catalogue.skipped += len(malformed)
-    catalogue.products = len(catalogue.by_product)
-    return malformed
-
-
 def fetch_insales_catalogue(api: Api, fields: tuple, known: InSalesCatalogue | None,
                             progress: Progress, stop: threading.Event) -> InSalesCatalogue:
     """Read the whole catalogue, or (given the last one) only what changed since its cursor.
@@ -1132,490 +1622,6 @@ def fetch_insales_catalogue(api: Api, fields: tuple, known: InSalesCatalogue | N
     return catalogue
 
 
-def rewind(updated_at: str) -> str:
-    """Step a little before an InSales time, so that no change in the same second is lost."""
-    try:
-        moment = datetime.fromisoformat(updated_at.replace("Z", "+00:00"))
-        return (moment - CURSOR_REWIND).isoformat(timespec="milliseconds")
-    except (ValueError, OverflowError):
-        return WALK_START
-
-
-# --- the pure core: barcodes, stock, holds ----------------------------------------------------
-
-def normalize_barcode(value) -> str | None:
-    """Trim a barcode; pad a digits-only GTIN to 14 digits; None when there is none."""
-    if type(value) is not str:  # noqa: E721 - exact types: bool is no barcode
-        if type(value) is not int:  # noqa: E721
-            return None
-        value = str(value)
-    if value.isdigit() and value.isascii():  # a clean GTIN, the common case
-        return value.zfill(14)
-    text = value.strip()
-    if not text:
-        return None
-    if text.isdigit() and text.isascii():
-        return text.zfill(14)
-    return text
-
-
-def to_quantity(value) -> int | None:
-    """Read a stock figure (int, float or numeric string) as a whole number; None if it is
-    unreadable or beyond any real count."""
-    if type(value) is int:  # noqa: E721 - the common case first; bool is not a quantity
-        return value if -MAX_COUNT <= value <= MAX_COUNT else None
-    if isinstance(value, str) and len(value) < 40:
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, float) and -MAX_COUNT <= value <= MAX_COUNT:  # NaN fails both
-        return math.floor(value)
-    return None
-
-
-def read_codes(value) -> Collection[str]:
-    """Read one barcode field: text or a number, or a list of them or of objects with a
-    `barcode`, `value` or `code` key."""
-    if not isinstance(value, list):
-        code = normalize_barcode(value)
-        return (code,) if code else ()
-    codes = set()
-    for item in value:
-        if isinstance(item, dict):
-            item = next((item[k] for k in ("barcode", "value", "code") if item.get(k)), None)
-        code = normalize_barcode(item)
-        if code:
-            codes.add(code)
-    return codes
-
-
-def parse_barcodes(record: dict) -> Collection[str]:
-    """Collect a Kaktus variant's barcodes from the barcode fields: `barcode`, `barcodes`."""
-    many = record.get("barcodes")
-    if many is None:  # the common shape, one barcode string: the fast way
-        return read_codes(record.get("barcode"))
-    codes = set(read_codes(record.get("barcode")))
-    if isinstance(many, list):
-        codes.update(read_codes(many))
-    return codes
-
-
-def parse_stock(record: dict, terms: tuple) -> int | None:
-    """Sum a Kaktus variant's stock entries by KAK2C_STOCK_FIELD; None (unknown, never 0) when
-    any entry lacks a named field or holds an unreadable figure, or the sum is beyond any real
-    count. A negative sum is 0."""
-    stock = record.get("stock")
-    if isinstance(stock, dict):
-        stock = [stock]
-    if not isinstance(stock, list):
-        return None
-    total = 0
-    for entry in stock:
-        if not isinstance(entry, dict):
-            return None
-        for sign, name in terms:
-            quantity = to_quantity(entry.get(name))
-            if quantity is None:
-                return None
-            total += sign * quantity
-    return None if total > MAX_COUNT else max(total, 0)
-
-
-class Track(NamedTuple):
-    """A matched variant as the last run that kept its state left it (see follow_holds)."""
-
-    seen: int        # S: the InSales quantity it read (R once InSales confirmed our write)
-    announced: int   # R: what it wrote or announced it would write there, or S
-    stock: int       # the Kaktus stock it read
-    holds: tuple     # ((units, seen at), ...), oldest first: sales Kaktus has not seen yet
-
-
-class HoldEvent(NamedTuple):
-    kind: str        # "sale", "caught up", "cancelled", "expired"
-    units: int
-    age: float = 0.0  # "caught up": how long the oldest hold it released had waited
-
-
-def follow_holds(track: Track | None, quantity: int, stock: int, moved: bool, now: float,
-                 window: float) -> tuple:
-    """Carry a variant's holds one run on; return (new holds, events).
-
-    Q is `quantity`, S and R the track's; `moved`: the product's updated_at is not the one
-    read with S. When in doubt a rule holds rather than releases: a unit shown too few costs a
-    sale, a unit sold twice costs a customer.
-    - A sale: Q below R, and Q not S, or Q = S while the product moved (our write landed and a
-      customer bought back what it added). Q = S unmoved: our write has not landed; Q = R: it
-      landed.
-    - InSales rising by itself (Q above R, not S: a cancel, a return) releases the newest holds,
-      less what Kaktus rose by too: a cancel both sides counted frees no other order's hold.
-    - Kaktus falling (it has seen the orders) releases the oldest, after this run's sale is
-      held; a hold expires `window` seconds after it was seen.
-    """
-    if track is None or window <= 0:
-        return (), ()
-    holds = [hold for hold in track.holds if now - hold[1] < window]
-    events = []
-    expired = sum(units for units, _ in track.holds) - sum(units for units, _ in holds)
-    if expired:
-        events.append(HoldEvent("expired", expired))
-    seen, announced = track.seen, track.announced
-    if quantity < announced and (quantity != seen or moved):
-        holds.append((announced - quantity, now))
-        events.append(HoldEvent("sale", announced - quantity))
-    elif quantity > announced and quantity != seen:
-        released = _release(holds, quantity - announced - max(0, stock - track.stock),
-                            newest_first=True)
-        if released:
-            events.append(HoldEvent("cancelled", released))
-    if stock < track.stock and holds:
-        age = now - holds[0][1]
-        released = _release(holds, track.stock - stock, newest_first=False)
-        events.append(HoldEvent("caught up", released, age))
-    return tuple(holds), tuple(events)
-
-
-def _release(holds: list, units: int, newest_first: bool) -> int:
-    """Take up to `units` held units off `holds` (in place); return how many were released."""
-    released = 0
-    while holds and released < units:
-        at = -1 if newest_first else 0
-        held, seen_at = holds[at]
-        take = min(held, units - released)
-        released += take
-        if take == held:
-            holds.pop(at)
-        else:
-            holds[at] = (held - take, seen_at)
-    return released
-
-
-# --- the pure core: one decision per barcode, the plan, the guard -----------------------------
-
-class Rules(NamedTuple):
-    """What turns Kaktus' stock into the figure to publish."""
-
-    buffer: int = 0          # SYNC_STOCK_BUFFER
-    hold_window: float = 0   # SYNC_HOLD_MINUTES, in seconds; 0: no holds
-
-
-PLAIN = Rules()  # Kaktus' figure as it is
-
-
-class Decision(NamedTuple):
-    """One barcode's fate: what to do, why, the figure to publish, and what to keep."""
-
-    rule: str                  # the key the counts use
-    action: str                # "update", "unchanged" or "skip"
-    reason: str                # the report's words
-    publish: int | None = None
-    track: Track | None = None   # kept for the next run: matched, known stock, readable quantity
-    events: tuple = ()
-
-
-DUPLICATE_IN_INSALES = Decision("duplicate_insales", "skip", "duplicate in InSales")
-DUPLICATE_IN_KAK2C = Decision("duplicate_kak2c", "skip", "duplicate in Kaktus")
-NOT_IN_KAK2C = Decision("not_in_kak2c", "skip", "not in Kaktus")
-NOT_IN_INSALES = Decision("not_in_insales", "skip", "not in InSales")
-UNKNOWN_STOCK = Decision("unknown", "skip", "unknown stock")
-MISSING = object()
-
-
-def decide(variant: Variant, kak2c: KaktusIndex, track: Track | None, now: float,
-           rules: Rules, moved: bool = False) -> Decision:
-    """Decide what to do with a variant whose barcode no other InSales variant holds.
-
-    The rules, in order: a barcode Kaktus holds twice, or not at all, or with unknown stock is
-    skipped; otherwise publish max(0, Kaktus stock - held - buffer), an update where InSales
-    shows another figure. `moved`: see has_moved().
-    """
-    stock = kak2c.quantities.get(variant.barcode, MISSING)
-    if stock is MISSING:
-        return DUPLICATE_IN_KAK2C if variant.barcode in kak2c.duplicates else NOT_IN_KAK2C
-    if stock is None:
-        return UNKNOWN_STOCK
-    quantity = variant.quantity
-    if quantity is None:  # unreadable in InSales: Kaktus' figure, nothing to follow
-        publish = max(0, stock - rules.buffer)
-        return Decision("update", "update", "stock differs", publish)
-    holds, events = follow_holds(track, quantity, stock, moved, now, rules.hold_window)
-    publish = max(0, stock - sum(units for units, _ in holds) - rules.buffer)
-    rule, action = ("same", "unchanged") if publish == quantity else ("update", "update")
-    if holds:
-        reason = f"held: sale in flight ({hold_text(holds, rules)})"
-    else:
-        reason = "same stock" if rule == "same" else "stock differs"
-    announced = publish if rule == "update" else quantity
-    return Decision(rule, action, reason, publish, Track(quantity, announced, stock, holds),
-                    events)
-
-
-def has_moved(variant: Variant, track: Track | None, read_before: Mapping) -> bool:
-    """Whether the variant's product changed since the last run read it, where that tells a
-    sale from our own write not landed yet (the last run wrote there, unconfirmed)."""
-    return track is not None and track.announced != track.seen \
-        and read_before.get(variant.id) != variant.updated_at
-
-
-def hold_text(holds: tuple, rules: Rules) -> str:
-    """'2 until 13:04': the units held and when the last of them expires, local time."""
-    until = datetime.fromtimestamp(max(at for _, at in holds) + rules.hold_window)
-    return f"{sum(units for units, _ in holds)} until {until:%H:%M}"
-
-
-@dataclass
-class KaktusIndex:
-    """Kaktus quantity by barcode (None: unknown stock), the barcodes held twice, where the
-    barcodes were read, and what the data warnings need."""
-
-    quantities: dict = field(default_factory=dict)
-    duplicates: set = field(default_factory=set)
-    barcode_field: str = "barcode"   # the barcode fields, "id", or KAK2C_BARCODE_FIELD's name
-    variants: int = 0
-    with_barcode: int = 0
-    unknown: int = 0
-    skipped: int = 0
-    first_variant: dict | None = None   # for the warnings: the first without a barcode,
-    first_unknown: dict | None = None   # the first with unknown stock: keys actually seen
-
-
-def index_kak2c(pages: Iterable[list], terms: tuple, barcode_field: str = "auto") -> KaktusIndex:
-    """Index Kaktus variants by barcode, in both shapes: product->variants and one per product.
-
-    With `auto`, the barcode fields; when not one variant of the whole catalogue has one, the
-    variant ids (the original integration's account uses its barcodes as ids). Ids are only
-    gathered until the first barcode shows, so an account with barcode fields never has its ids
-    matched. Another name reads that field alone.
-    """
-    index = KaktusIndex()
-    if barcode_field == "auto":
-        read = parse_barcodes
-    else:
-        index.barcode_field = barcode_field
-        read = functools.partial(_read_field, barcode_field)
-    by_id: dict | None = {} if barcode_field == "auto" else None
-    by_id_twice: set = set()
-    variants = without_barcode = with_id = 0  # locals: the loop runs 100,000 times
-    for products in pages:
-        for product in products:
-            if not isinstance(product, dict):
-                index.skipped += 1
-                continue
-            for variant in kak2c_variants(product):
-                if not isinstance(variant, dict):
-                    index.skipped += 1
-                    continue
-                variants += 1
-                quantity = parse_stock(variant, terms)
-                if quantity is None:
-                    index.unknown += 1
-                    index.first_unknown = index.first_unknown or variant
-                codes = read(variant)
-                if codes:
-                    by_id, quantities, duplicates = None, index.quantities, index.duplicates
-                else:
-                    without_barcode += 1
-                    index.first_variant = index.first_variant or variant
-                    if by_id is None:
-                        continue
-                    codes = read_codes(variant.get("id"))
-                    quantities, duplicates = by_id, by_id_twice
-                    with_id += bool(codes)
-                for barcode in codes:
-                    if barcode in quantities:  # it stays there until all pages are in
-                        duplicates.add(barcode)
-                    quantities[barcode] = quantity
-    index.variants, index.with_barcode = variants, variants - without_barcode
-    if by_id:  # not one barcode field anywhere: the ids are the barcodes
-        index.quantities, index.duplicates, index.barcode_field = by_id, by_id_twice, "id"
-        index.with_barcode = with_id
-    for barcode in index.duplicates:
-        index.quantities.pop(barcode, None)
-    return index
-
-
-def _read_field(name: str, variant: dict) -> Collection[str]:
-    return read_codes(variant.get(name))
-
-
-@dataclass
-class Plan:
-    """What to write, the summary's counts, and what the warnings look at."""
-
-    updates: list       # (Variant, Decision) with action "update", by variant id
-    counts: dict
-    stocked: int        # matched variants that have stock in InSales now
-    zeroed: int         # of those, how many the plan sets to 0
-    tracks: dict        # variant id -> Track, for the next run
-    held: list          # (Variant, Decision) of the variants with a hold after this run
-    events: list        # (Variant, HoldEvent), for the log
-    unique: dict        # barcode -> the one InSales variant holding it
-    shared: dict        # barcode -> the InSales variants holding it together
-    kak2c: KaktusIndex
-
-
-def report_rows(variants: Collection[Variant], kak2c: KaktusIndex, previous: dict | None = None,
-                now: float = 0.0, rules: Rules = PLAIN,
-                read_before: dict | None = None) -> Iterator[tuple]:
-    """Yield (barcode, Variant or None, Kaktus stock, Decision) for every barcode seen, from the
-    same inputs and by the same decide() as plan_updates(): built only when a report is asked."""
-    previous, read_before = previous or {}, read_before or {}
-    unique, shared, _ = split_duplicates(variants)
-    quantities, duplicates = kak2c.quantities, kak2c.duplicates
-    for barcode, held in shared.items():
-        for variant in held:
-            yield barcode, variant, quantities.get(barcode), DUPLICATE_IN_INSALES
-    for barcode, variant in unique.items():
-        track = previous.get(variant.id)
-        yield barcode, variant, quantities.get(barcode), decide(
-            variant, kak2c, track, now, rules, has_moved(variant, track, read_before))
-    for barcode, quantity in quantities.items():
-        if barcode not in unique and barcode not in shared:
-            yield barcode, None, quantity, NOT_IN_INSALES
-    for barcode in duplicates - unique.keys() - shared.keys():
-        yield barcode, None, None, DUPLICATE_IN_KAK2C
-
-
-def split_duplicates(variants: Collection[Variant]) -> tuple:
-    """Return ({barcode: its one variant}, {barcode: the variants sharing it}, barcoded count)."""
-    coded = [variant for variant in variants if variant.barcode is not None]
-    unique = {variant.barcode: variant for variant in coded}
-    shared: dict = {}
-    if len(unique) < len(coded):  # some barcode is held twice: set all its holders aside
-        held = Counter(variant.barcode for variant in coded)
-        for variant in coded:
-            if held[variant.barcode] > 1:
-                shared.setdefault(variant.barcode, []).append(variant)
-        for barcode in shared:
-            del unique[barcode]
-    return unique, shared, len(coded)
-
-
-def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: dict | None = None,
-                 now: float = 0.0, rules: Rules = PLAIN, read_before: dict | None = None) -> Plan:
-    """Join both sides by barcode, decide every barcode, and plan the writes.
-
-    `previous`: the last run's Track by variant id; `read_before`: the updated_at of each
-    variant's product as that run read it.
-    """
-    previous, read_before = previous or {}, read_before or {}
-    unique, shared, coded = split_duplicates(variants)
-    tally = dict.fromkeys(("update", "same", "unknown", "not_in_kak2c", "duplicate_kak2c"), 0)
-    updates, tracks, held, events, stocked, zeroed = [], {}, [], [], 0, 0
-    quantities = kak2c.quantities
-    # Within a run, decide() of a variant with a known stock depends on (quantity, stock,
-    # track, moved) alone, and a catalogue has few such keys: look its answer up rather than
-    # decide it again for each of 100,000 variants.
-    table: dict = {}
-    # One pass in the catalogue's own order: walking a set of barcodes instead jumps around
-    # memory, which at 100,000 variants costs more than this whole loop.
-    for variant in unique.values():
-        track, stock = previous.get(variant.id), quantities.get(variant.barcode)
-        moved = has_moved(variant, track, read_before)
-        key = (variant.quantity, stock, track, moved)
-        decision = table.get(key)
-        if decision is None:
-            decision = decide(variant, kak2c, track, now, rules, moved)
-            if stock is not None:  # a missing or unknown stock is the barcode's own case
-                table[key] = decision
-        tally[decision.rule] += 1
-        if decision.track is not None:
-            tracks[variant.id] = decision.track
-            if decision.track.holds:
-                held.append((variant, decision))
-        if decision.events:
-            events.extend((variant, event) for event in decision.events)
-        if decision.rule in ("update", "same", "unknown"):
-            has_stock = variant.quantity is not None and variant.quantity > 0
-            stocked += has_stock
-            if decision.action == "update":
-                updates.append((variant, decision))
-                zeroed += has_stock and decision.publish == 0
-    updates.sort(key=lambda update: update[0].id)
-    counts = {
-        "insales_variants": len(variants),
-        "insales_with_barcode": coded,
-        "insales_duplicate_barcodes": len(shared),
-        "kak2c_variants": kak2c.variants,
-        "kak2c_duplicate_barcodes": len(kak2c.duplicates),
-        "matched": tally["update"] + tally["same"] + tally["unknown"],
-        "changed": tally["update"],
-        "unmatched_insales": tally["not_in_kak2c"],
-        "unmatched_kak2c": len(quantities.keys() - unique.keys() - shared.keys()),
-        "unknown_stock": tally["unknown"],
-        "held_variants": len(held),
-        "held_units": sum(units for _, d in held for units, _ in d.track.holds),
-        "expired_units": sum(e.units for _, e in events if e.kind == "expired"),
-        "caught_up_after_s": max((round(e.age, 1) for _, e in events if e.kind == "caught up"),
-                                 default=None),
-        "kak2c_barcode_field": kak2c.barcode_field,
-    }
-    return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kak2c)
-
-
-def check_guard(plan: Plan, share: float) -> str | None:
-    """Say why the plan must not be written (a Kaktus glitch must never empty a shop), or None."""
-    if plan.counts["kak2c_variants"] == 0 and plan.counts["insales_with_barcode"] > 0:
-        return (f"Kaktus answered no products at all while InSales has "
-                f"{plan.counts['insales_with_barcode']} variants with barcodes")
-    if plan.zeroed >= GUARD_MIN_ZEROED and plan.zeroed > share * plan.stocked:
-        return (f"the plan would set {plan.zeroed} of {plan.stocked} stocked variants to 0, more "
-                f"than SYNC_GUARD_ZERO_SHARE={share:g}; run with --force if Kaktus is right")
-    return None
-
-
-KAK2C_SHAPES = ("barcode (text), barcodes (a list of texts, or of objects with barcode, value "
-                "or code), and the variant id when no variant has either")
-
-
-def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
-    """Say what in the data looks unlike a working setup, naming what to look at.
-
-    `strays`: the other InSales barcode field's values, where the set one was empty.
-    """
-    kak2c, counts, warnings = plan.kak2c, plan.counts, []
-    keys = ", ".join(sorted(map(str, kak2c.first_variant or {}))) or "-"  # one without a barcode
-    setting = f"KAK2C_BARCODE_FIELD={settings.kak2c_barcode_field}"
-    if kak2c.variants and not kak2c.with_barcode:
-        warnings.append(f"none of the {kak2c.variants} Kaktus variants carries a barcode where "
-                        f"{setting} reads it; keys seen on a variant: {keys}; understood with "
-                        f"auto: {KAK2C_SHAPES}; or set the one field that holds it")
-    field, other = settings.insales_fields[1:]
-    if counts["insales_variants"] and not counts["insales_with_barcode"]:
-        hint = ""
-        if len(strays) * 2 > counts["insales_variants"]:
-            hint = (f"; {other} is filled on {len(strays)} of them (e.g. {str(strays[0])[:40]!r}): "
-                    f"if it holds the barcodes, set INSALES_BARCODE_FIELD={other}")
-        warnings.append(f"none of the {counts['insales_variants']} InSales variants has a barcode "
-                        f"in INSALES_BARCODE_FIELD={field}{hint}")
-    if kak2c.unknown * 2 > kak2c.variants:
-        stock_keys = sorted(stock_entry_keys(kak2c.first_unknown or {}))
-        warnings.append(f"{kak2c.unknown} of {kak2c.variants} Kaktus variants have unknown stock; "
-                        f"check KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)!r}"
-                        f" against the keys seen on a stock entry: {', '.join(stock_keys) or '-'}")
-    if counts["matched"] == 0 and plan.unique and kak2c.quantities:
-        hint = ""
-        if kak2c.barcode_field == "id" and settings.kak2c_barcode_field == "auto":
-            hint = (f"; no Kaktus variant has a barcode field, so their ids were taken as "
-                    f"barcodes: if the barcodes sit elsewhere, set KAK2C_BARCODE_FIELD to that "
-                    f"field (keys seen on a variant: {keys})")
-        warnings.append(f"not one barcode matches: InSales has e.g. {next(iter(plan.unique))!r}, "
-                        f"Kaktus e.g. {next(iter(kak2c.quantities))!r} (both normalised){hint}")
-    expired = [(variant, event) for variant, event in plan.events if event.kind == "expired"]
-    if expired:
-        warnings.append(
-            f"{counts['expired_units']} held units expired in this run before Kaktus' stock fell "
-            f"(e.g. barcode {expired[0][0].barcode!r}), so they are on sale again: this Kaktus "
-            f"may count orders later than SYNC_HOLD_MINUTES={settings.hold_minutes:g} (at "
-            "shipment rather than at reservation?); set SYNC_HOLD_MINUTES longer, or "
-            "KAK2C_STOCK_FIELD=stockTotal-stockReserved if its stock entries carry a reserve")
-    sharing = sum(map(len, plan.shared.values()))
-    if sharing * 10 > counts["insales_with_barcode"]:
-        warnings.append(f"{sharing} of {counts['insales_with_barcode']} InSales variants share "
-                        "their barcode with another and are never synced; --report PATH lists them")
-    return warnings
-
-
 # --- writing InSales --------------------------------------------------------------------------
 
 class Writes(NamedTuple):
@@ -1630,6 +1636,33 @@ class Writes(NamedTuple):
     @property
     def failed(self) -> list:
         return self.refused + self.unsure
+
+
+def read_statuses(answer: Answer, ids: list) -> tuple:
+    """Tell (the ids InSales refused, those it answered "ok" for) of one batch: all refused on
+    an error status, else by the statuses it gives.
+
+    The answer may be per-item statuses or [] (queued): never count on statuses being there.
+    """
+    if answer.status != 200:
+        return set(ids), set()
+    try:
+        items = json.loads(answer.body)
+    except (ValueError, RecursionError):
+        return set(), set()
+    if not isinstance(items, list):
+        return set(), set()
+    asked = set(ids)
+    # Any value may be any JSON: an id that is not an integer of this batch is not one of ours.
+    ours = [item for item in items if isinstance(item, dict)
+            and type(item.get("id")) is int and item["id"] in asked]  # noqa: E721
+    rejected = {item["id"] for item in ours if item.get("status") not in (None, "ok")}
+    return rejected, {item["id"] for item in ours if item.get("status") == "ok"} - rejected
+
+
+def _ids(ids: list, most: int = 20) -> str:
+    shown = ", ".join(map(str, ids[:most]))
+    return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
 def apply_plan(api: Api, updates: list, quantity_field: str) -> Writes:
@@ -1663,33 +1696,6 @@ def apply_plan(api: Api, updates: list, quantity_field: str) -> Writes:
     return outcome
 
 
-def read_statuses(answer: Answer, ids: list) -> tuple:
-    """Tell (the ids InSales refused, those it answered "ok" for) of one batch: all refused on
-    an error status, else by the statuses it gives.
-
-    The answer may be per-item statuses or [] (queued): never count on statuses being there.
-    """
-    if answer.status != 200:
-        return set(ids), set()
-    try:
-        items = json.loads(answer.body)
-    except (ValueError, RecursionError):
-        return set(), set()
-    if not isinstance(items, list):
-        return set(), set()
-    asked = set(ids)
-    # Any value may be any JSON: an id that is not an integer of this batch is not one of ours.
-    ours = [item for item in items if isinstance(item, dict)
-            and type(item.get("id")) is int and item["id"] in asked]  # noqa: E721
-    rejected = {item["id"] for item in ours if item.get("status") not in (None, "ok")}
-    return rejected, {item["id"] for item in ours if item.get("status") == "ok"} - rejected
-
-
-def _ids(ids: list, most: int = 20) -> str:
-    shown = ", ".join(map(str, ids[:most]))
-    return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
-
-
 # --- state between runs -----------------------------------------------------------------------
 
 @dataclass
@@ -1717,51 +1723,6 @@ TRACK_COLUMNS = {"id": {int}, "seen": {int}, "announced": {int}, "stock": {int},
                  "read_at": {str, type(None)}}
 VARIANT_COLUMNS = {"id": {int}, "product_id": {int}, "barcode": {str, type(None)},
                    "quantity": {int, type(None)}, "title": {str}, "updated_at": {str, type(None)}}
-
-
-def load_state(settings: Settings) -> State | None:
-    """Return the last run's state; None (a plain run, a full walk) when it is missing,
-    unreadable, of another version or of another shop."""
-    path = settings.state_file
-    data = load_json_file(path)
-    if data is None:
-        return None
-    version = data.get("version") if isinstance(data, dict) else None
-    if version != STATE_VERSION:
-        log.warning("%s was written by another version of sync_stock (state version %s, this "
-                    "one reads %s); starting afresh: no holds this run, a full walk",
-                    path, str(version)[:20], STATE_VERSION)
-        return None
-    if data.get("shop") != shop_key(settings):
-        log.info("%s is of another shop or quantity field; starting afresh", path)
-        return None
-    try:
-        return read_state(data)
-    except BadState as exc:
-        log.warning("%s is not a state this version can read (%s); starting afresh: no holds "
-                    "this run, a full walk", path, exc)
-        return None
-
-
-def read_state(data: dict) -> State:
-    """Build a State from the file's JSON, checking every value it takes; raise BadState."""
-    ids, *columns, read_at = _read_columns(_get(data, "tracks", dict), TRACK_COLUMNS)
-    tracks = dict(zip(ids, map(_as(Track), zip(*columns, itertools.repeat(())))))
-    for key, value in _get(data, "holds", dict).items():
-        variant_id = int(key) if key.isdigit() else None
-        if variant_id not in tracks:
-            raise BadState("holds of an unknown variant")
-        tracks[variant_id] = tracks[variant_id]._replace(holds=_read_holds(value))
-    catalogue = data.get("catalogue")
-    if catalogue is not None:
-        variants = _read_columns(_get(data, "catalogue", dict).get("variants"), VARIANT_COLUMNS)
-        cursor = _get(catalogue, "cursor", list)
-        if len(cursor) != 2 or not isinstance(cursor[0], str) or type(cursor[1]) is not int:
-            raise BadState("cursor")
-        catalogue = InSalesCatalogue(dict(zip(variants[0], map(new_variant, zip(*variants)))),
-                                     tuple(cursor), float(_get(catalogue, "full_walk_at", NUMBER)),
-                                     products=_get(catalogue, "products", int))
-    return State(tracks, dict(zip(ids, read_at)), catalogue)
 
 
 NUMBER = (int, float)
@@ -1794,6 +1755,51 @@ def _read_holds(value) -> tuple:
             and type(hold[1]) in (int, float) and math.isfinite(hold[1]) for hold in value):
         raise BadState("holds")
     return tuple((units, float(at)) for units, at in value)
+
+
+def read_state(data: dict) -> State:
+    """Build a State from the file's JSON, checking every value it takes; raise BadState."""
+    ids, *columns, read_at = _read_columns(_get(data, "tracks", dict), TRACK_COLUMNS)
+    tracks = dict(zip(ids, map(_as(Track), zip(*columns, itertools.repeat(())))))
+    for key, value in _get(data, "holds", dict).items():
+        variant_id = int(key) if key.isdigit() else None
+        if variant_id not in tracks:
+            raise BadState("holds of an unknown variant")
+        tracks[variant_id] = tracks[variant_id]._replace(holds=_read_holds(value))
+    catalogue = data.get("catalogue")
+    if catalogue is not None:
+        variants = _read_columns(_get(data, "catalogue", dict).get("variants"), VARIANT_COLUMNS)
+        cursor = _get(catalogue, "cursor", list)
+        if len(cursor) != 2 or not isinstance(cursor[0], str) or type(cursor[1]) is not int:
+            raise BadState("cursor")
+        catalogue = InSalesCatalogue(dict(zip(variants[0], map(new_variant, zip(*variants)))),
+                                     tuple(cursor), float(_get(catalogue, "full_walk_at", NUMBER)),
+                                     products=_get(catalogue, "products", int))
+    return State(tracks, dict(zip(ids, read_at)), catalogue)
+
+
+def load_state(settings: Settings) -> State | None:
+    """Return the last run's state; None (a plain run, a full walk) when it is missing,
+    unreadable, of another version or of another shop."""
+    path = settings.state_file
+    data = load_json_file(path)
+    if data is None:
+        return None
+    version = data.get("version") if isinstance(data, dict) else None
+    if version != STATE_VERSION:
+        log.warning("%s was written by another version of sync_stock (state version %s, this "
+                    "one reads %s); starting afresh: no holds this run, a full walk",
+                    path, str(version)[:20], STATE_VERSION)
+        return None
+    if data.get("shop") != shop_key(settings):
+        log.info("%s is of another shop or quantity field; starting afresh", path)
+        return None
+    try:
+        return read_state(data)
+    except BadState as exc:
+        log.warning("%s is not a state this version can read (%s); starting afresh: no holds "
+                    "this run, a full walk", path, exc)
+        return None
 
 
 def write_state(settings: Settings, tracks: dict, read_at: Mapping,
@@ -1836,7 +1842,16 @@ def keeps_catalogue(settings: Settings, catalogue: InSalesCatalogue) -> bool:
         settings.mode == "auto" and catalogue.products > AUTO_INCREMENTAL_PRODUCTS)
 
 
-# --- output: dry-run table, report, summary, metrics, health pings ---------------------------
+# --- output: dry-run table, report, summary, metrics, health pings ----------------------------
+
+def _qty(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _hold_note(decision: Decision, rules: Rules) -> str:
+    holds = decision.track.holds if decision.track else ()
+    return f"held {hold_text(holds, rules)}" if holds else ""
+
 
 def print_plan(plan: Plan, rules: Rules, refusal: str | None, report: Path | None, out) -> None:
     """Print the planned changes, and the variants held, as an aligned table capped on screen."""
@@ -1860,15 +1875,6 @@ def print_plan(plan: Plan, rules: Rules, refusal: str | None, report: Path | Non
              if plan.counts["held_units"] else ""), file=out)
     if refusal:
         print(f"The safety guard would refuse this plan: {refusal}", file=out)
-
-
-def _hold_note(decision: Decision, rules: Rules) -> str:
-    holds = decision.track.holds if decision.track else ()
-    return f"held {hold_text(holds, rules)}" if holds else ""
-
-
-def _qty(value) -> str:
-    return "" if value is None else str(value)
 
 
 def write_report(path: Path, rows: Iterable[tuple], outcome: dict) -> None:
@@ -2050,6 +2056,36 @@ def fetch_catalogues(settings: Settings, insales: Api, kak2c: Api,
     return catalogue, index_kak2c(pages, settings.stock_terms, settings.kak2c_barcode_field)
 
 
+def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, writes: Writes) -> dict:
+    """The tracks after the writes, and the catalogue (in place) with what InSales accepted.
+
+    A write InSales refused, or that was never sent, was not made (R = S again); one it
+    confirmed with "ok" shows in InSales now (S = R); one queued, or of a call that failed for
+    good, stays announced: the next run tells by the quantity and the product's updated_at.
+    """
+    tracks = dict(plan.tracks)
+    for variant_id in tracks.keys() & writes.refused:
+        tracks[variant_id] = tracks[variant_id]._replace(announced=tracks[variant_id].seen)
+    for variant_id in tracks.keys() & writes.confirmed:
+        tracks[variant_id] = tracks[variant_id]._replace(seen=tracks[variant_id].announced)
+    if catalogue is not None:
+        publish = {variant.id: decision.publish for variant, decision in plan.updates}
+        for variant_id in writes.written:
+            old = catalogue.variants.get(variant_id)
+            if old is not None:
+                catalogue.variants[variant_id] = old._replace(quantity=publish[variant_id])
+    return tracks
+
+
+def write_state_or_log(settings: Settings, tracks: dict, read_at: Mapping,
+                       catalogue: InSalesCatalogue | None) -> None:
+    """Keep the state; a disk that fails now is logged (the next run starts afresh)."""
+    try:
+        write_state(settings, tracks, read_at, catalogue)
+    except OSError as exc:  # checked before the first request: the disk changed since
+        log.error("SYNC_STATE_FILE %s: cannot write (%s)", settings.state_file, exc.strerror)
+
+
 @paused_gc()
 def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
              clock: Callable[[], float] = time.time) -> SyncResult:
@@ -2111,36 +2147,6 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
         raise UpstreamError(f"{writes.stopped}; no write was confirmed", result)
     result.status = Status.PARTIAL if writes.failed else Status.OK
     return result
-
-
-def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, writes: Writes) -> dict:
-    """The tracks after the writes, and the catalogue (in place) with what InSales accepted.
-
-    A write InSales refused, or that was never sent, was not made (R = S again); one it
-    confirmed with "ok" shows in InSales now (S = R); one queued, or of a call that failed for
-    good, stays announced: the next run tells by the quantity and the product's updated_at.
-    """
-    tracks = dict(plan.tracks)
-    for variant_id in tracks.keys() & writes.refused:
-        tracks[variant_id] = tracks[variant_id]._replace(announced=tracks[variant_id].seen)
-    for variant_id in tracks.keys() & writes.confirmed:
-        tracks[variant_id] = tracks[variant_id]._replace(seen=tracks[variant_id].announced)
-    if catalogue is not None:
-        publish = {variant.id: decision.publish for variant, decision in plan.updates}
-        for variant_id in writes.written:
-            old = catalogue.variants.get(variant_id)
-            if old is not None:
-                catalogue.variants[variant_id] = old._replace(quantity=publish[variant_id])
-    return tracks
-
-
-def write_state_or_log(settings: Settings, tracks: dict, read_at: Mapping,
-                       catalogue: InSalesCatalogue | None) -> None:
-    """Keep the state; a disk that fails now is logged (the next run starts afresh)."""
-    try:
-        write_state(settings, tracks, read_at, catalogue)
-    except OSError as exc:  # checked before the first request: the disk changed since
-        log.error("SYNC_STATE_FILE %s: cannot write (%s)", settings.state_file, exc.strerror)
 
 
 def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
