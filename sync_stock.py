@@ -57,9 +57,9 @@ log = logging.getLogger("sync_stock")
 INSALES_PAGE = 250          # the documented per_page maximum
 INSALES_MIN_PAGE = 10       # and its minimum: InSales raises anything below
 WRITE_BATCH = 100           # variants_group_update: keep to 100 variants a call
-KAK2C_THREADS = 4           # Kaktus pages are numbered, so a few can be fetched at once
-LOOKAHEAD = 2 * KAK2C_THREADS  # Kaktus pages asked ahead of the last one checked
-KAK2C_EXTRA_PAGES = 4       # pages read past recordsTotal's count while the catalogue grows
+KAKTUS_THREADS = 4           # Kaktus pages are numbered, so a few can be fetched at once
+LOOKAHEAD = 2 * KAKTUS_THREADS  # Kaktus pages asked ahead of the last one checked
+KAKTUS_EXTRA_PAGES = 4       # pages read past recordsTotal's count while the catalogue grows
 TOKEN_MARGIN = 120          # renew the Kaktus token this many seconds before its exp
 TOKEN_TTL = 14400           # when neither the JWT's exp nor expires_in can be read
 RATE_WINDOW = 300           # InSales: 500 requests per 5 minutes
@@ -159,13 +159,13 @@ class Settings:
     insales_key: str
     insales_password: str = field(repr=False)
     warehouse: int | None
-    kak2c_url: str
-    kak2c_credentials: bytes = field(repr=False)  # the login body, posted as-is
-    kak2c_domain: str | None
-    kak2c_page_size: int | None
+    kaktus_url: str
+    kaktus_credentials: bytes = field(repr=False)  # the login body, posted as-is
+    kaktus_domain: str | None
+    kaktus_page_size: int | None
     token_file: Path
     insales_barcode_field: str   # "barcode" or "sku"
-    kak2c_barcode_field: str     # "auto", or the one variant field that holds the barcode
+    kaktus_barcode_field: str     # "auto", or the one variant field that holds the barcode
     stock_terms: tuple      # ((+1 or -1, field name), ...): KAK2C_STOCK_FIELD
     stock_buffer: int
     hold_minutes: float
@@ -201,7 +201,7 @@ class Settings:
     def secrets(self) -> set:
         """The password values: what an API may echo back and no output may carry."""
         try:
-            fields = json.loads(self.kak2c_credentials)
+            fields = json.loads(self.kaktus_credentials)
         except ValueError:
             fields = {}
         found = {str(value) for key, value in fields.items()
@@ -292,22 +292,22 @@ def load_settings(values: Mapping) -> Settings:
     insales_field = get("INSALES_BARCODE_FIELD")
     if insales_field not in INSALES_BARCODE_FIELDS:
         raise ConfigError(f"INSALES_BARCODE_FIELD={insales_field!r} must be barcode or sku")
-    kak2c_field = get("KAK2C_BARCODE_FIELD")
-    if not FIELD_NAME.fullmatch(kak2c_field):
-        raise ConfigError(f"KAK2C_BARCODE_FIELD={kak2c_field!r} must be auto or the name of a "
+    kaktus_field = get("KAK2C_BARCODE_FIELD")
+    if not FIELD_NAME.fullmatch(kaktus_field):
+        raise ConfigError(f"KAK2C_BARCODE_FIELD={kaktus_field!r} must be auto or the name of a "
                           "Kaktus variant field, e.g. barcode, id, ean, article")
     return Settings(
         insales_url=_read_url(get, "INSALES_URL", required=True).removesuffix("/admin"),
         insales_key=_require(get, "INSALES_API_KEY"),
         insales_password=_require(get, "INSALES_API_PASSWORD"),
         warehouse=number("INSALES_WAREHOUSE"),
-        kak2c_url=_read_url(get, "KAK2C_URL"),
-        kak2c_credentials=_read_kak2c_credentials(get, path),
-        kak2c_domain=get("KAK2C_DOMAIN"),
-        kak2c_page_size=number("KAK2C_PAGE_SIZE", low=1, high=10_000),
+        kaktus_url=_read_url(get, "KAK2C_URL"),
+        kaktus_credentials=_read_kaktus_credentials(get, path),
+        kaktus_domain=get("KAK2C_DOMAIN"),
+        kaktus_page_size=number("KAK2C_PAGE_SIZE", low=1, high=10_000),
         token_file=path("KAK2C_TOKEN_FILE"),
         insales_barcode_field=insales_field,
-        kak2c_barcode_field=kak2c_field,
+        kaktus_barcode_field=kaktus_field,
         stock_terms=parse_stock_expression(get("KAK2C_STOCK_FIELD")),
         stock_buffer=number("SYNC_STOCK_BUFFER", high=MAX_COUNT),
         hold_minutes=number("SYNC_HOLD_MINUTES", float, high=7 * 24 * 60),
@@ -343,7 +343,7 @@ def _read_url(get, name, required=False):
     return url.rstrip("/")
 
 
-def _read_kak2c_credentials(get, path) -> bytes:
+def _read_kaktus_credentials(get, path) -> bytes:
     login, password = get("KAK2C_LOGIN"), get("KAK2C_PASSWORD")
     if login or password:
         if not (login and password):
@@ -577,7 +577,7 @@ def parse_stock(record: dict, terms: tuple) -> int | None:
     return None if total > MAX_COUNT else max(total, 0)
 
 
-def kak2c_variants(product) -> list:
+def kaktus_variants(product) -> list:
     """A Kaktus product's variants: its `variants` list, or itself (1 variant = 1 product)."""
     if not isinstance(product, dict):
         return []
@@ -627,7 +627,7 @@ def error_detail(body: bytes) -> str:
     return f": {text[:200]}"
 
 
-def parse_kak2c_page(body: bytes, page: int) -> tuple:
+def parse_kaktus_page(body: bytes, page: int) -> tuple:
     """Return (products, recordsTotal) from a Kaktus page body, or fail naming what is wrong."""
     where = f"Kaktus GET /api/lite/products?page={page}"
     value = decode_json(body, where, dict)
@@ -663,10 +663,10 @@ def ends_fetching(body: bytes, page: int, digests: set) -> bool:
     if seen in digests:
         return True
     digests.add(seen)
-    return len(body) < 1024 and not parse_kak2c_page(body, page)[0]
+    return len(body) < 1024 and not parse_kaktus_page(body, page)[0]
 
 
-def read_kak2c_pages(bodies: Iterable[bytes]) -> Iterator[list]:
+def read_kaktus_pages(bodies: Iterable[bytes]) -> Iterator[list]:
     """Yield each Kaktus page's new products, page 0 first, for as long as the walk needs
     pages; fail when they do not add up.
 
@@ -678,12 +678,12 @@ def read_kak2c_pages(bodies: Iterable[bytes]) -> Iterator[list]:
     """
     bodies = iter(bodies)
     body = next(bodies)
-    first, total = parse_kak2c_page(body, 0)
+    first, total = parse_kaktus_page(body, 0)
     planned, digests, seen = planned_pages(total, len(first)), {digest(body)}, set()
     yield new_products(first, seen)
     number, last = 0, first
     while number + 1 < planned or (
-            number + 1 < planned + KAK2C_EXTRA_PAGES and len(seen) < total
+            number + 1 < planned + KAKTUS_EXTRA_PAGES and len(seen) < total
             and len(last) >= len(first) > 0):
         number, body = number + 1, next(bodies, None)
         if body is None:  # no more pages to be had
@@ -692,7 +692,7 @@ def read_kak2c_pages(bodies: Iterable[bytes]) -> Iterator[list]:
             raise UpstreamError(f"Kaktus page {number} is a page already read: the server "
                                 "does not move on with ?page=; nothing written")
         digests.add(digest(body))
-        last, _ = parse_kak2c_page(body, number)
+        last, _ = parse_kaktus_page(body, number)
         fresh = new_products(last, seen)
         if not fresh and number < planned and last:
             raise UpstreamError(f"Kaktus page {number} brings no new product: the server "
@@ -846,7 +846,7 @@ class KaktusIndex:
     first_unknown: dict | None = None   # the first with unknown stock: keys actually seen
 
 
-def index_kak2c(pages: Iterable[list], terms: tuple, barcode_field: str = "auto") -> KaktusIndex:
+def index_kaktus(pages: Iterable[list], terms: tuple, barcode_field: str = "auto") -> KaktusIndex:
     """Index Kaktus variants by barcode, in both shapes: product->variants and one per product.
 
     With `auto`, the barcode fields; when not one variant of the whole catalogue has one, the
@@ -868,7 +868,7 @@ def index_kak2c(pages: Iterable[list], terms: tuple, barcode_field: str = "auto"
             if not isinstance(product, dict):
                 index.skipped += 1
                 continue
-            for variant in kak2c_variants(product):
+            for variant in kaktus_variants(product):
                 if not isinstance(variant, dict):
                     index.skipped += 1
                     continue
@@ -999,14 +999,14 @@ class Decision(NamedTuple):
 
 
 DUPLICATE_IN_INSALES = Decision("duplicate_insales", "skip", "duplicate in InSales")
-DUPLICATE_IN_KAK2C = Decision("duplicate_kak2c", "skip", "duplicate in Kaktus")
-NOT_IN_KAK2C = Decision("not_in_kak2c", "skip", "not in Kaktus")
+DUPLICATE_IN_KAKTUS = Decision("duplicate_kak2c", "skip", "duplicate in Kaktus")
+NOT_IN_KAKTUS = Decision("not_in_kak2c", "skip", "not in Kaktus")
 NOT_IN_INSALES = Decision("not_in_insales", "skip", "not in InSales")
 UNKNOWN_STOCK = Decision("unknown", "skip", "unknown stock")
 MISSING = object()
 
 
-def decide(variant: Variant, kak2c: KaktusIndex, track: Track | None, now: float,
+def decide(variant: Variant, kaktus: KaktusIndex, track: Track | None, now: float,
            rules: Rules, moved: bool = False) -> Decision:
     """Decide what to do with a variant whose barcode no other InSales variant holds.
 
@@ -1014,9 +1014,9 @@ def decide(variant: Variant, kak2c: KaktusIndex, track: Track | None, now: float
     skipped; otherwise publish max(0, Kaktus stock - held - buffer), an update where InSales
     shows another figure. `moved`: see has_moved().
     """
-    stock = kak2c.quantities.get(variant.barcode, MISSING)
+    stock = kaktus.quantities.get(variant.barcode, MISSING)
     if stock is MISSING:
-        return DUPLICATE_IN_KAK2C if variant.barcode in kak2c.duplicates else NOT_IN_KAK2C
+        return DUPLICATE_IN_KAKTUS if variant.barcode in kaktus.duplicates else NOT_IN_KAKTUS
     if stock is None:
         return UNKNOWN_STOCK
     quantity = variant.quantity
@@ -1061,7 +1061,7 @@ class Plan:
     events: list        # (Variant, HoldEvent), for the log
     unique: dict        # barcode -> the one InSales variant holding it
     shared: dict        # barcode -> the InSales variants holding it together
-    kak2c: KaktusIndex
+    kaktus: KaktusIndex
 
 
 def split_duplicates(variants: Collection[Variant]) -> tuple:
@@ -1079,7 +1079,7 @@ def split_duplicates(variants: Collection[Variant]) -> tuple:
     return unique, shared, len(coded)
 
 
-def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: dict | None = None,
+def plan_updates(variants: Collection[Variant], kaktus: KaktusIndex, previous: dict | None = None,
                  now: float = 0.0, rules: Rules = PLAIN, read_before: dict | None = None) -> Plan:
     """Join both sides by barcode, decide every barcode, and plan the writes.
 
@@ -1090,7 +1090,7 @@ def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: di
     unique, shared, coded = split_duplicates(variants)
     tally = dict.fromkeys(("update", "same", "unknown", "not_in_kak2c", "duplicate_kak2c"), 0)
     updates, tracks, held, events, stocked, zeroed = [], {}, [], [], 0, 0
-    quantities = kak2c.quantities
+    quantities = kaktus.quantities
     # Within a run, decide() of a variant with a known stock depends on (quantity, stock,
     # track, moved) alone, and a catalogue has few such keys: look its answer up rather than
     # decide it again for each of 100,000 variants.
@@ -1103,7 +1103,7 @@ def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: di
         key = (variant.quantity, stock, track, moved)
         decision = table.get(key)
         if decision is None:
-            decision = decide(variant, kak2c, track, now, rules, moved)
+            decision = decide(variant, kaktus, track, now, rules, moved)
             if stock is not None:  # a missing or unknown stock is the barcode's own case
                 table[key] = decision
         tally[decision.rule] += 1
@@ -1124,8 +1124,8 @@ def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: di
         "insales_variants": len(variants),
         "insales_with_barcode": coded,
         "insales_duplicate_barcodes": len(shared),
-        "kak2c_variants": kak2c.variants,
-        "kak2c_duplicate_barcodes": len(kak2c.duplicates),
+        "kak2c_variants": kaktus.variants,
+        "kak2c_duplicate_barcodes": len(kaktus.duplicates),
         "matched": tally["update"] + tally["same"] + tally["unknown"],
         "changed": tally["update"],
         "unmatched_insales": tally["not_in_kak2c"],
@@ -1136,31 +1136,31 @@ def plan_updates(variants: Collection[Variant], kak2c: KaktusIndex, previous: di
         "expired_units": sum(e.units for _, e in events if e.kind == "expired"),
         "caught_up_after_s": max((round(e.age, 1) for _, e in events if e.kind == "caught up"),
                                  default=None),
-        "kak2c_barcode_field": kak2c.barcode_field,
+        "kak2c_barcode_field": kaktus.barcode_field,
     }
-    return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kak2c)
+    return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kaktus)
 
 
-def report_rows(variants: Collection[Variant], kak2c: KaktusIndex, previous: dict | None = None,
+def report_rows(variants: Collection[Variant], kaktus: KaktusIndex, previous: dict | None = None,
                 now: float = 0.0, rules: Rules = PLAIN,
                 read_before: dict | None = None) -> Iterator[tuple]:
     """Yield (barcode, Variant or None, Kaktus stock, Decision) for every barcode seen, from the
     same inputs and by the same decide() as plan_updates(): built only when a report is asked."""
     previous, read_before = previous or {}, read_before or {}
     unique, shared, _ = split_duplicates(variants)
-    quantities, duplicates = kak2c.quantities, kak2c.duplicates
+    quantities, duplicates = kaktus.quantities, kaktus.duplicates
     for barcode, held in shared.items():
         for variant in held:
             yield barcode, variant, quantities.get(barcode), DUPLICATE_IN_INSALES
     for barcode, variant in unique.items():
         track = previous.get(variant.id)
         yield barcode, variant, quantities.get(barcode), decide(
-            variant, kak2c, track, now, rules, has_moved(variant, track, read_before))
+            variant, kaktus, track, now, rules, has_moved(variant, track, read_before))
     for barcode, quantity in quantities.items():
         if barcode not in unique and barcode not in shared:
             yield barcode, None, quantity, NOT_IN_INSALES
     for barcode in duplicates - unique.keys() - shared.keys():
-        yield barcode, None, None, DUPLICATE_IN_KAK2C
+        yield barcode, None, None, DUPLICATE_IN_KAKTUS
 
 
 def check_guard(plan: Plan, share: float) -> str | None:
@@ -1174,7 +1174,7 @@ def check_guard(plan: Plan, share: float) -> str | None:
     return None
 
 
-KAK2C_SHAPES = ("barcode (text), barcodes (a list of texts, or of objects with barcode, value "
+KAKTUS_SHAPES = ("barcode (text), barcodes (a list of texts, or of objects with barcode, value "
                 "or code), and the variant id when no variant has either")
 
 
@@ -1183,13 +1183,13 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
 
     `strays`: the other InSales barcode field's values, where the set one was empty.
     """
-    kak2c, counts, warnings = plan.kak2c, plan.counts, []
-    keys = ", ".join(sorted(map(str, kak2c.first_variant or {}))) or "-"  # one without a barcode
-    setting = f"KAK2C_BARCODE_FIELD={settings.kak2c_barcode_field}"
-    if kak2c.variants and not kak2c.with_barcode:
-        warnings.append(f"none of the {kak2c.variants} Kaktus variants carries a barcode where "
+    kaktus, counts, warnings = plan.kaktus, plan.counts, []
+    keys = ", ".join(sorted(map(str, kaktus.first_variant or {}))) or "-"  # one without a barcode
+    setting = f"KAK2C_BARCODE_FIELD={settings.kaktus_barcode_field}"
+    if kaktus.variants and not kaktus.with_barcode:
+        warnings.append(f"none of the {kaktus.variants} Kaktus variants carries a barcode where "
                         f"{setting} reads it; keys seen on a variant: {keys}; understood with "
-                        f"auto: {KAK2C_SHAPES}; or set the one field that holds it")
+                        f"auto: {KAKTUS_SHAPES}; or set the one field that holds it")
     field, other = settings.insales_fields[1:]
     if counts["insales_variants"] and not counts["insales_with_barcode"]:
         hint = ""
@@ -1198,19 +1198,20 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
                     f"if it holds the barcodes, set INSALES_BARCODE_FIELD={other}")
         warnings.append(f"none of the {counts['insales_variants']} InSales variants has a barcode "
                         f"in INSALES_BARCODE_FIELD={field}{hint}")
-    if kak2c.unknown * 2 > kak2c.variants:
-        stock_keys = sorted(stock_entry_keys(kak2c.first_unknown or {}))
-        warnings.append(f"{kak2c.unknown} of {kak2c.variants} Kaktus variants have unknown stock; "
-                        f"check KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)!r}"
-                        f" against the keys seen on a stock entry: {', '.join(stock_keys) or '-'}")
-    if counts["matched"] == 0 and plan.unique and kak2c.quantities:
+    if kaktus.unknown * 2 > kaktus.variants:
+        stock_keys = ", ".join(sorted(stock_entry_keys(kaktus.first_unknown or {}))) or "-"
+        expression = show_stock_expression(settings.stock_terms)
+        warnings.append(f"{kaktus.unknown} of {kaktus.variants} Kaktus variants have unknown "
+                        f"stock; check KAK2C_STOCK_FIELD={expression!r} against the keys seen "
+                        f"on a stock entry: {stock_keys}")
+    if counts["matched"] == 0 and plan.unique and kaktus.quantities:
         hint = ""
-        if kak2c.barcode_field == "id" and settings.kak2c_barcode_field == "auto":
+        if kaktus.barcode_field == "id" and settings.kaktus_barcode_field == "auto":
             hint = (f"; no Kaktus variant has a barcode field, so their ids were taken as "
                     f"barcodes: if the barcodes sit elsewhere, set KAK2C_BARCODE_FIELD to that "
                     f"field (keys seen on a variant: {keys})")
         warnings.append(f"not one barcode matches: InSales has e.g. {next(iter(plan.unique))!r}, "
-                        f"Kaktus e.g. {next(iter(kak2c.quantities))!r} (both normalised){hint}")
+                        f"Kaktus e.g. {next(iter(kaktus.quantities))!r} (both normalised){hint}")
     expired = [(variant, event) for variant, event in plan.events if event.kind == "expired"]
     if expired:
         warnings.append(
@@ -1382,11 +1383,11 @@ def parse_json(answer: Answer, where: str, kind: type):
 
 def make_apis(settings: Settings, policy: RetryPolicy) -> tuple:
     """The InSales API (Basic auth, never in the URL) and the Kaktus API (bearer, per call)."""
-    domain = {"Domain": settings.kak2c_domain} if settings.kak2c_domain else {}
+    domain = {"Domain": settings.kaktus_domain} if settings.kaktus_domain else {}
     secrets = set(settings.secrets)  # one set for both: the Kaktus token joins it
     return (Api("InSales", settings.insales_url, settings.timeout, policy, secrets,
                 auth=(settings.insales_key, settings.insales_password)),
-            Api("Kaktus", settings.kak2c_url, settings.timeout, policy, secrets, headers=domain))
+            Api("Kaktus", settings.kaktus_url, settings.timeout, policy, secrets, headers=domain))
 
 
 # --- Kaktus token -----------------------------------------------------------------------------
@@ -1484,7 +1485,7 @@ class KaktusToken:
 
 # --- reading Kaktus ---------------------------------------------------------------------------
 
-def fetch_kak2c_page(api: Api, token: KaktusToken, page: int,
+def fetch_kaktus_page(api: Api, token: KaktusToken, page: int,
                      size: int | None = None) -> bytes:
     """Fetch one Kaktus page's body, logging in again once when the token is refused."""
     params = {"page": page} if size is None else {"page": page, "size": size}
@@ -1501,28 +1502,28 @@ def fetch_kak2c_page(api: Api, token: KaktusToken, page: int,
     raise UpstreamError(f"{where}: a fresh token was refused too (HTTP 401)")
 
 
-def fetch_kak2c_pages(api: Api, token: KaktusToken, size: int | None, progress: Progress,
+def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress: Progress,
                       stop: threading.Event) -> list:
     """Fetch the Kaktus catalogue's page bodies, page 0 first, until one ends the fetching.
 
     Page 0 tells how many pages there are; the rest are fetched KAK2C_THREADS at a time, at
     most LOOKAHEAD ahead of the last one checked, so that a page that repeats an earlier one
     or comes back empty (see ends_fetching) stops the fetching within a few requests, as does
-    `stop` (the other catalogue failed). The pages are not parsed here: read_kak2c_pages does
+    `stop` (the other catalogue failed). The pages are not parsed here: read_kaktus_pages does
     that, and says whether they add up.
     """
-    first = fetch_kak2c_page(api, token, 0, size)
-    products, total = parse_kak2c_page(first, 0)
+    first = fetch_kaktus_page(api, token, 0, size)
+    products, total = parse_kaktus_page(first, 0)
     planned = planned_pages(total, len(products))
     bodies, digests = [first], {digest(first)}
     numbers = iter(range(1, planned))
 
     def fetch(page: int) -> bytes:
-        body = fetch_kak2c_page(api, token, page, size)
+        body = fetch_kaktus_page(api, token, page, size)
         progress.update("Kaktus", page + 1, planned)
         return body
 
-    with ThreadPoolExecutor(KAK2C_THREADS) as pool:
+    with ThreadPoolExecutor(KAKTUS_THREADS) as pool:
         pending = deque((n, pool.submit(fetch, n)) for n in itertools.islice(numbers, LOOKAHEAD))
         try:
             while pending and not stop.is_set():
@@ -1540,7 +1541,7 @@ def fetch_kak2c_pages(api: Api, token: KaktusToken, size: int | None, progress: 
     return bodies
 
 
-def more_kak2c_pages(api: Api, token: KaktusToken, size: int | None,
+def more_kaktus_pages(api: Api, token: KaktusToken, size: int | None,
                      fetched: list) -> Iterator[bytes]:
     """Yield the bodies fetched, freeing each, then fetch the pages after them one by one for
     as long as the reader asks (the catalogue grew while it was read)."""
@@ -1549,7 +1550,7 @@ def more_kak2c_pages(api: Api, token: KaktusToken, size: int | None,
     while queue:
         yield queue.popleft()
     for number in itertools.count(following):
-        yield fetch_kak2c_page(api, token, number, size)
+        yield fetch_kaktus_page(api, token, number, size)
 
 
 # --- reading InSales --------------------------------------------------------------------------
@@ -2031,7 +2032,7 @@ def paused_gc() -> Iterator[None]:
         gc.enable()
 
 
-def fetch_catalogues(settings: Settings, insales: Api, kak2c: Api,
+def fetch_catalogues(settings: Settings, insales: Api, kaktus: Api,
                      known: InSalesCatalogue | None, progress: Progress) -> tuple:
     """Read both catalogues at once (they are independent); return (InSales, Kaktus index).
 
@@ -2040,20 +2041,20 @@ def fetch_catalogues(settings: Settings, insales: Api, kak2c: Api,
     once take turns on the interpreter lock and spoil each other's caches. Either side
     failing stops the other.
     """
-    token = KaktusToken(kak2c, settings.kak2c_credentials, settings.token_file)
+    token = KaktusToken(kaktus, settings.kaktus_credentials, settings.token_file)
     stop = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(fetch_insales_catalogue, insales, settings.insales_fields, known,
                               progress, stop)
         reading.add_done_callback(lambda done: done.exception() and stop.set())
         try:
-            fetched = fetch_kak2c_pages(kak2c, token, settings.kak2c_page_size, progress, stop)
+            fetched = fetch_kaktus_pages(kaktus, token, settings.kaktus_page_size, progress, stop)
         except BaseException:
             stop.set()
             raise
         catalogue = reading.result()  # an InSales failure is the run's failure
-    pages = read_kak2c_pages(more_kak2c_pages(kak2c, token, settings.kak2c_page_size, fetched))
-    return catalogue, index_kak2c(pages, settings.stock_terms, settings.kak2c_barcode_field)
+    pages = read_kaktus_pages(more_kaktus_pages(kaktus, token, settings.kaktus_page_size, fetched))
+    return catalogue, index_kaktus(pages, settings.stock_terms, settings.kaktus_barcode_field)
 
 
 def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, writes: Writes) -> dict:
@@ -2087,7 +2088,7 @@ def write_state_or_log(settings: Settings, tracks: dict, read_at: Mapping,
 
 
 @paused_gc()
-def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
+def run_sync(settings: Settings, options: Options, insales: Api, kaktus: Api,
              clock: Callable[[], float] = time.time) -> SyncResult:
     """Read both catalogues, plan, guard and write: one whole sync; `clock` dates the holds.
 
@@ -2098,7 +2099,7 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
     mode = "full" if full else "incremental"
     progress = Progress(options.progress)
     try:
-        catalogue, index = fetch_catalogues(settings, insales, kak2c,
+        catalogue, index = fetch_catalogues(settings, insales, kaktus,
                                             None if full else state.catalogue, progress)
     except SyncError as exc:
         exc.result = SyncResult(Status.FAILED, mode)
@@ -2115,7 +2116,7 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
     log.info("Kaktus barcodes read from %s (KAK2C_BARCODE_FIELD=%s)",
              "the variant ids" if index.barcode_field == "id" else
              "barcode, barcodes" if index.barcode_field == "barcode" else index.barcode_field,
-             settings.kak2c_barcode_field)
+             settings.kaktus_barcode_field)
     for warning in data_warnings(plan, settings, catalogue.strays):
         log.warning("%s", warning)
     result = SyncResult(Status.DRY_RUN, mode, plan.counts,
@@ -2149,17 +2150,17 @@ def run_sync(settings: Settings, options: Options, insales: Api, kak2c: Api,
     return result
 
 
-def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
+def run_check(settings: Settings, insales: Api, kaktus: Api) -> None:
     """Log in to both APIs, read one page of each and print what was found; write nothing."""
-    token = KaktusToken(kak2c, settings.kak2c_credentials, settings.token_file)
+    token = KaktusToken(kaktus, settings.kaktus_credentials, settings.token_file)
     count = parse_json(insales.request("GET", "/admin/products/count.json"),
                        "InSales GET /admin/products/count.json", dict).get("count")
     warehouses = parse_json(insales.request("GET", "/admin/warehouses.json"),
                             "InSales GET /admin/warehouses.json", list)
     page = parse_json(insales.request("GET", "/admin/products.json", params={"per_page": 10}),
                       "InSales GET /admin/products.json", list)
-    products, total = parse_kak2c_page(
-        fetch_kak2c_page(kak2c, token, 0, settings.kak2c_page_size), 0)
+    products, total = parse_kaktus_page(
+        fetch_kaktus_page(kaktus, token, 0, settings.kaktus_page_size), 0)
     strays: list = []
     shop_variants = [v for product in page
                      for v in parse_insales_product(product, settings.insales_fields, strays) or ()]
@@ -2174,12 +2175,12 @@ def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
             index = house.get("array_index")
             lines.append(f"  warehouse {house.get('title')!r}: array_index={index} "
                          f"(INSALES_WAREHOUSE={index} writes quantity_at_warehouse{index})")
-    variants = [v for product in products for v in kak2c_variants(product) if isinstance(v, dict)]
+    variants = [v for product in products for v in kaktus_variants(product) if isinstance(v, dict)]
     nested = sum(isinstance(p, dict) and isinstance(p.get("variants"), list) for p in products)
     stock_keys = set().union(*map(stock_entry_keys, variants))
-    index = index_kak2c([products], settings.stock_terms, settings.kak2c_barcode_field)
+    index = index_kaktus([products], settings.stock_terms, settings.kaktus_barcode_field)
     lines += [
-        f"Kaktus {settings.kak2c_url}: logged in; recordsTotal={total}, "
+        f"Kaktus {settings.kaktus_url}: logged in; recordsTotal={total}, "
         f"{len(products)} products on page 0",
         f"  catalogue shape on page 0: {nested} products with a variants list, "
         f"{len(products) - nested} that are one variant each",
@@ -2187,7 +2188,7 @@ def run_check(settings: Settings, insales: Api, kak2c: Api) -> None:
         f"  stock entry keys: {', '.join(sorted(stock_keys)) or '-'} "
         f"(KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)})",
         f"  barcodes read from {index.barcode_field} (KAK2C_BARCODE_FIELD="
-        f"{settings.kak2c_barcode_field}, as resolved on page 0): {index.with_barcode} of "
+        f"{settings.kaktus_barcode_field}, as resolved on page 0): {index.with_barcode} of "
         f"{index.variants} variants on page 0 carry one",
         f"  on page 0: {len(index.quantities)} barcodes, {len(index.duplicates)} duplicated, "
         f"{index.unknown} variants with unreadable stock"]
@@ -2201,14 +2202,14 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
 
     with sandbox.Sandbox.sample() as box, tempfile.TemporaryDirectory() as folder:
         settings = load_settings(box.env(folder))
-        insales, kak2c = make_apis(settings, RetryPolicy(max_wait=settings.max_wait, sleep=sleep))
+        insales, kaktus = make_apis(settings, RetryPolicy(max_wait=settings.max_wait, sleep=sleep))
         print(f"Demo: InSales sandbox at {box.insales.url}, Kaktus sandbox at {box.kak2c.url}\n")
 
         def step(title: str, dry_run: bool = False) -> None:
             print(f"== {title}")
-            started, sent = time.monotonic(), (insales.requests, kak2c.requests)
+            started, sent = time.monotonic(), (insales.requests, kaktus.requests)
             result = run_sync(settings, Options(dry_run=dry_run, progress=options.progress),
-                              insales, kak2c, box.clock)
+                              insales, kaktus, box.clock)
             counts = result.counts
             caught_up = counts["caught_up_after_s"]
             print(f"status={result.status.label} matched={counts['matched']} "
@@ -2216,7 +2217,7 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
                   f"held_units={counts['held_units']}"
                   + (f" caught_up_after_s={caught_up:g}" if caught_up is not None else "")
                   + f"; requests: InSales {insales.requests - sent[0]}, Kaktus "
-                  f"{kak2c.requests - sent[1]}; {time.monotonic() - started:.2f} s\n")
+                  f"{kaktus.requests - sent[1]}; {time.monotonic() - started:.2f} s\n")
 
         barcode, stock, before = "4600000000994", 5, 3
         variant = box.add_demo_pair(barcode, stock, shown=before)
@@ -2268,7 +2269,7 @@ class Job:
 
     settings: Settings
     insales: Api
-    kak2c: Api
+    kaktus: Api
 
     @property
     def secrets(self) -> set:
@@ -2276,7 +2277,7 @@ class Job:
         return self.insales.secrets
 
     def requests_sent(self) -> dict:
-        return {"insales": self.insales.requests, "kak2c": self.kak2c.requests}
+        return {"insales": self.insales.requests, "kak2c": self.kaktus.requests}
 
 
 def open_job(args: argparse.Namespace, sleep: Callable[[float], None]) -> Job:
@@ -2305,10 +2306,10 @@ def dispatch(args: argparse.Namespace, job: Job | None, sleep: Callable[[float],
             log.info("another run holds %s; skipped", job.settings.lock_file)
             return SyncResult(Status.SKIPPED)
         if args.check:
-            run_check(job.settings, job.insales, job.kak2c)
+            run_check(job.settings, job.insales, job.kaktus)
             return None
         ping_healthcheck(job.settings.healthcheck_url, "/start")
-        return run_sync(job.settings, options, job.insales, job.kak2c, clock)
+        return run_sync(job.settings, options, job.insales, job.kaktus, clock)
 
 
 def close_run(args: argparse.Namespace, job: Job, result: SyncResult, duration: float) -> None:

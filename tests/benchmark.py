@@ -125,7 +125,7 @@ def scenario_latency(products: int, sizes: int, folder: str) -> tuple:
         write_calls = len(box.insales.calls("PUT"))
         insales_pages = len(box.insales.calls("GET"))
         kak2c_pages = len(box.kak2c.calls("GET"))
-        critical = max(insales_pages, 1 + math.ceil((kak2c_pages - 1) / sync_stock.KAK2C_THREADS))
+        critical = max(insales_pages, 1 + math.ceil((kak2c_pages - 1) / sync_stock.KAKTUS_THREADS))
         bound = (critical + write_calls) * LATENCY
         mine = row("latency 150 ms", ours, f"{write_calls} ({ours['updated']} variants)", bound,
                    f"{products * sizes} variants", variants=ours["updated"])
@@ -153,7 +153,7 @@ def run_naive(box) -> dict:
     bodies = fetch_kak2c_bodies(box.kak2c.url, box.kak2c.login, box.kak2c.password)
     counts["kak2c"] += 1 + len(bodies)
     pages = [json.loads(body)["products"] for body in bodies]
-    index = sync_stock.index_kak2c(pages, sync_stock.parse_stock_expression("stockTotal"))
+    index = sync_stock.index_kaktus(pages, sync_stock.parse_stock_expression("stockTotal"))
     matched = [{"id": v.id, "quantity": index.quantities[v.barcode]} for v in variants
                if index.quantities.get(v.barcode) is not None]
     counts["insales"] += 1
@@ -215,8 +215,8 @@ def pipeline_cpu(settings, insales_bodies: list, kak2c_bodies: list) -> float:
         variants = {variant.id: variant for body in insales_bodies for product in json.loads(body)
                     for variant in sync_stock.parse_insales_product(
                         product, settings.insales_fields, strays)}
-        index = sync_stock.index_kak2c((json.loads(body)["products"] for body in kak2c_bodies),
-                                       settings.stock_terms, settings.kak2c_barcode_field)
+        index = sync_stock.index_kaktus((json.loads(body)["products"] for body in kak2c_bodies),
+                                       settings.stock_terms, settings.kaktus_barcode_field)
         state = sync_stock.load_state(settings)
         plan = sync_stock.plan_updates(variants.values(), index, state.tracks, time.time(), rules,
                                        state.read_before)
@@ -296,13 +296,13 @@ def http_client_cpu(env: dict, walk: list, kak2c_pages: int) -> float:
     (the InSales walk in one thread, Kaktus pages a few at a time): bodies received, not parsed."""
     settings = sync_stock.load_settings(env)
     insales, kak2c = sync_stock.make_apis(settings, sync_stock.RetryPolicy())
-    token = sync_stock.KaktusToken(kak2c, settings.kak2c_credentials, settings.token_file)
+    token = sync_stock.KaktusToken(kak2c, settings.kaktus_credentials, settings.token_file)
     token.current()  # the cached token of a cron run
     started = time.process_time()
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(sync_stock.KAK2C_THREADS) as pool:
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(sync_stock.KAKTUS_THREADS) as pool:
         walking = reader.submit(lambda: [insales.request("GET", "/admin/products.json", params=p)
                                          for p in walk])
-        list(pool.map(functools.partial(sync_stock.fetch_kak2c_page, kak2c, token),
+        list(pool.map(functools.partial(sync_stock.fetch_kaktus_page, kak2c, token),
                       range(kak2c_pages)))
         walking.result()
     return time.process_time() - started

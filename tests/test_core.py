@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sync_stock import (
-    KAK2C_EXTRA_PAGES,
+    KAKTUS_EXTRA_PAGES,
     ConfigError,
     InSalesCatalogue,
     KaktusIndex,
@@ -17,7 +17,7 @@ from sync_stock import (
     decide,
     ends_fetching,
     follow_holds,
-    index_kak2c,
+    index_kaktus,
     merge_insales_page,
     normalize_barcode,
     parse_barcodes,
@@ -25,7 +25,7 @@ from sync_stock import (
     parse_stock_expression,
     parse_usage,
     plan_updates,
-    read_kak2c_pages,
+    read_kaktus_pages,
     report_rows,
     rewind,
     show_stock_expression,
@@ -132,7 +132,7 @@ def test_kaktus_index_covers_both_catalogue_shapes():
     pages = [[{"id": 1, "variants": [{"id": 11, "barcode": "A", "stock": [{"stockTotal": 1}]},
                                      {"id": 12, "barcode": "B", "stock": [{"stockTotal": 2}]}]},
               {"id": 2, "barcodes": ["C"], "stock": [{"stockTotal": 3}]}]]
-    index = index_kak2c(pages, TOTAL)
+    index = index_kaktus(pages, TOTAL)
     assert index.quantities == {"A": 1, "B": 2, "C": 3}
     assert (index.variants, index.with_barcode, index.unknown) == (3, 3, 0)
 
@@ -143,7 +143,7 @@ def test_kaktus_duplicates_are_dropped_but_a_variants_own_barcodes_are_not():
               {"id": 2, "barcode": "C", "stock": [{"stockTotal": 1}]},
               {"id": 3, "barcode": "C", "stock": [{"stockTotal": 2}]},
               {"id": 4, "barcode": "C", "stock": [{"stockTotal": 3}]}]]
-    index = index_kak2c(pages, TOTAL)
+    index = index_kaktus(pages, TOTAL)
     assert index.quantities == {"A": 1, "B": 1}
     assert index.duplicates == {"C"}
 
@@ -378,7 +378,7 @@ def page(ids, total):
 
 
 def read_ids(bodies):
-    return [[p["id"] for p in products] for products in read_kak2c_pages(bodies)]
+    return [[p["id"] for p in products] for products in read_kaktus_pages(bodies)]
 
 
 def test_kaktus_pages_are_read_up_to_records_total():
@@ -417,7 +417,7 @@ def test_a_growing_catalogue_is_read_past_records_total_while_pages_come_full():
 
     with pytest.raises(UpstreamError, match="inconsistent"):
         read_ids(bodies())
-    assert len(pulled) == 10 + KAK2C_EXTRA_PAGES
+    assert len(pulled) == 10 + KAKTUS_EXTRA_PAGES
 
 
 def test_fetching_ends_at_a_repeated_or_empty_page():

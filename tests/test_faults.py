@@ -317,7 +317,7 @@ def test_inconsistent_kaktus_catalogue_is_noticed_within_a_few_requests(box, run
     assert_clean_failure(result, box)
     assert words in result.err
     first_bad = 1 if knob == "repeat_first_page" else 4  # 350 products: pages 0-3 are real
-    assert len(box.kak2c.calls("GET")) <= first_bad + 2 * sync_stock.KAK2C_THREADS
+    assert len(box.kak2c.calls("GET")) <= first_bad + 2 * sync_stock.KAKTUS_THREADS
 
 
 def test_a_kaktus_that_ignores_page_with_a_huge_total_stops_at_once(box, run):
@@ -328,7 +328,7 @@ def test_a_kaktus_that_ignores_page_with_a_huge_total_stops_at_once(box, run):
     box.kak2c.inflate_total = 1_000_000
     result = run()
     assert_clean_failure(result, box)
-    assert len(box.kak2c.calls("GET")) <= 1 + 2 * sync_stock.KAK2C_THREADS
+    assert len(box.kak2c.calls("GET")) <= 1 + 2 * sync_stock.KAKTUS_THREADS
 
 
 def test_insales_walk_that_does_not_advance_exits_3(box, run):
@@ -451,7 +451,7 @@ def test_a_kaktus_outage_mid_walk_does_not_retry_every_remaining_page(box, run):
     assert_clean_failure(result, box)
     # page 0; then, of the 30, the pages in the threads' hands when page 1 failed for good and
     # the next one each thread took up as it came free: no more, each tried 5 times
-    threads, attempts = sync_stock.KAK2C_THREADS, sync_stock.RetryPolicy().attempts
+    threads, attempts = sync_stock.KAKTUS_THREADS, sync_stock.RetryPolicy().attempts
     assert len(box.kak2c.calls("GET")) <= 1 + 2 * threads * attempts  # of 1 + 30 x 5
 
 
