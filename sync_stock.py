@@ -164,9 +164,9 @@ class Settings:
     kaktus_domain: str | None
     kaktus_page_size: int | None
     token_file: Path
-    insales_barcode_field: str   # "barcode" or "sku"
-    kaktus_barcode_field: str     # "auto", or the one variant field that holds the barcode
-    stock_terms: tuple      # ((+1 or -1, field name), ...): KAK2C_STOCK_FIELD
+    insales_barcode_field: str  # "barcode" or "sku"
+    kaktus_barcode_field: str   # "auto", or the one variant field that holds the barcode
+    stock_terms: tuple          # ((+1 or -1, field name), ...): KAK2C_STOCK_FIELD
     stock_buffer: int
     hold_minutes: float
     lock_file: Path
@@ -1701,8 +1701,9 @@ def apply_plan(api: Api, updates: list, quantity_field: str) -> Writes:
 
 @dataclass
 class State:
-    """What the last run that kept its state left: per matched variant its Track and the
-    updated_at of its product as read, and (for incremental mode) the InSales catalogue as
+    """What the last run that kept its state left: per matched variant its Track, the
+    updated_at its product was read with where a write there was announced and not confirmed
+    (read_before, the T of has_moved), and (for incremental mode) the InSales catalogue as
     walked, merged and written."""
 
     tracks: dict
@@ -1718,10 +1719,9 @@ def shop_key(settings: Settings) -> str:
     return f"{settings.insales_url}#{settings.quantity_field}"
 
 
-# The state's tables as named columns, with the types each column may hold. A track's columns
-# are a Track's first fields, then the updated_at its product was read with.
-TRACK_COLUMNS = {"id": {int}, "seen": {int}, "announced": {int}, "stock": {int},
-                 "read_at": {str, type(None)}}
+# The state's tables as named columns, with the types each column may hold; a track's columns
+# are a Track's first fields.
+TRACK_COLUMNS = {"id": {int}, "seen": {int}, "announced": {int}, "stock": {int}}
 VARIANT_COLUMNS = {"id": {int}, "product_id": {int}, "barcode": {str, type(None)},
                    "quantity": {int, type(None)}, "title": {str}, "updated_at": {str, type(None)}}
 
@@ -1760,13 +1760,16 @@ def _read_holds(value) -> tuple:
 
 def read_state(data: dict) -> State:
     """Build a State from the file's JSON, checking every value it takes; raise BadState."""
-    ids, *columns, read_at = _read_columns(_get(data, "tracks", dict), TRACK_COLUMNS)
+    ids, *columns = _read_columns(_get(data, "tracks", dict), TRACK_COLUMNS)
     tracks = dict(zip(ids, map(_as(Track), zip(*columns, itertools.repeat(())))))
     for key, value in _get(data, "holds", dict).items():
-        variant_id = int(key) if key.isdigit() else None
-        if variant_id not in tracks:
-            raise BadState("holds of an unknown variant")
+        variant_id = _tracked(key, tracks)
         tracks[variant_id] = tracks[variant_id]._replace(holds=_read_holds(value))
+    read_before = {}
+    for key, value in _get(data, "read_at", dict).items():
+        if not isinstance(value, (str, type(None))):
+            raise BadState("read_at")
+        read_before[_tracked(key, tracks)] = value
     catalogue = data.get("catalogue")
     if catalogue is not None:
         variants = _read_columns(_get(data, "catalogue", dict).get("variants"), VARIANT_COLUMNS)
@@ -1776,7 +1779,15 @@ def read_state(data: dict) -> State:
         catalogue = InSalesCatalogue(dict(zip(variants[0], map(new_variant, zip(*variants)))),
                                      tuple(cursor), float(_get(catalogue, "full_walk_at", NUMBER)),
                                      products=_get(catalogue, "products", int))
-    return State(tracks, dict(zip(ids, read_at)), catalogue)
+    return State(tracks, read_before, catalogue)
+
+
+def _tracked(key: str, tracks: dict) -> int:
+    """The variant id a state's key names, which must be one of the tracks'."""
+    variant_id = int(key) if key.isdigit() else None
+    if variant_id not in tracks:
+        raise BadState("a key of an unknown variant")
+    return variant_id
 
 
 def load_state(settings: Settings) -> State | None:
@@ -1807,17 +1818,17 @@ def write_state(settings: Settings, tracks: dict, read_at: Mapping,
                catalogue: InSalesCatalogue | None) -> None:
     """Keep the tracks (and the catalogue, in incremental mode) for the next run, atomically.
 
-    `read_at`: by variant id, the product's updated_at its track was read with.
+    `read_at`: by variant id, the updated_at its product was read with, for the variants with
+    a write announced (the only ones where the next run needs it).
     """
     rows = tracks.values()
-    names = list(TRACK_COLUMNS)
     state = {
         "version": STATE_VERSION, "shop": shop_key(settings),
-        "tracks": {"id": list(tracks),
-                   **{name: list(map(operator.itemgetter(i), rows))
-                      for i, name in enumerate(names[1:-1])},
-                   names[-1]: [read_at[i] for i in tracks]},
+        # the columns load_state() reads: id, then the first fields of a Track
+        "tracks": {"id": list(tracks), **{name: list(map(operator.itemgetter(i), rows))
+                                          for i, name in enumerate(list(TRACK_COLUMNS)[1:])}},
         "holds": {str(i): [list(hold) for hold in t.holds] for i, t in tracks.items() if t.holds},
+        "read_at": {str(i): at for i, at in read_at.items() if i in tracks},
         "catalogue": None,
     }
     if catalogue is not None:
@@ -2136,7 +2147,7 @@ def run_sync(settings: Settings, options: Options, insales: Api, kaktus: Api,
     kept = catalogue if keeps_catalogue(settings, catalogue) else None
     # Announce the writes before sending them: a sale is never mistaken for our own write,
     # even one InSales applies late or one of a run killed half-way.
-    read_at = {i: catalogue.variants[i].updated_at for i in plan.tracks}
+    read_at = {variant.id: variant.updated_at for variant, _ in plan.updates}
     write_state_or_log(settings, plan.tracks, read_at, kept)
     writes = apply_plan(insales, plan.updates, settings.quantity_field)
     result.updated, result.failed = len(writes.written), len(writes.failed)

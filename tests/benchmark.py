@@ -220,7 +220,7 @@ def pipeline_cpu(settings, insales_bodies: list, kak2c_bodies: list) -> float:
         state = sync_stock.load_state(settings)
         plan = sync_stock.plan_updates(variants.values(), index, state.tracks, time.time(), rules,
                                        state.read_before)
-        read_at = {i: variants[i].updated_at for i in plan.tracks}
+        read_at = {variant.id: variant.updated_at for variant, _ in plan.updates}
         sync_stock.write_state(settings, plan.tracks, read_at, None)
     return time.process_time() - started
 
@@ -245,7 +245,8 @@ def compare_state_stores(settings) -> str:
                          "announced INTEGER, stock INTEGER, holds TEXT, read_at TEXT)")
         with database:
             database.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, '[]', ?)",
-                                 [(i, *t[:3], state.read_before[i]) for i, t in tracks.items()])
+                                 [(i, *t[:3], state.read_before.get(i))
+                                  for i, t in tracks.items()])
 
         def as_sqlite() -> float:
             started = time.process_time()
