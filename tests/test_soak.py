@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import sandbox  # noqa: I001
+# isort: off
 from conftest import ROOT  # first: it puts the project on sys.path for `python tests/...`
+import sandbox
+# isort: on
 
 PRODUCTS, SIZES = 6, 3
 FAULTS = ("429", "503", "500", "reset", "expired", "kaktus down", "lost answer", "queued",
