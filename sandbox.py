@@ -5,13 +5,17 @@ One emulator, three users: `sync_stock.py --demo`, the tests and tests/benchmark
 what README.md's "What we know of the two APIs" says (Basic auth, the bare product array and its
 keyset walk, `per_page` cap, `count.json`, warehouses, the group update with its 100 cap,
 Content-Type check and both answer styles, `API-Usage-Limit` with a fixed-window 429/503 +
-Retry-After; Kaktus login with a real HS256 JWT, expiry answered under HTTP 401 or 200, numbered
-pages with `recordsTotal`, an optional `size`, the `Domain` header of multi-shop accounts).
+Retry-After, the walk's end on an empty page, the trash behind `with_deleted`, 504 on pages too
+big; Kaktus login with a real HS256 JWT, expiry answered under HTTP 401 or 200, numbered pages
+with `recordsTotal`, an optional `size`, the `Domain` header of multi-shop accounts, and the
+barcode layouts of real accounts: barcode fields, or the variant id as the barcode).
 
-Knobs for the tests: `latency`, `inject()` for faults (or `rewrite`, a function over every
-answer), attributes such as `rate_limit`, `expired_status`, `inflate_total` or `domain`, and `log`,
-the list of requests served. `InSales.sell()` takes an order as a shop does.
-`python sandbox.py` serves a sample shop and prints a matching `.env`.
+Knobs for the tests: `latency`, `inject()` for faults (among them `lose_answer`: a write that
+lands but whose answer never comes back; or `rewrite`, a function over every answer),
+attributes such as `rate_limit`, `expired_status`, `inflate_total`, `domain`, `serve_at_most`,
+`timeout_above`, `time_step_ms` or `queue_writes`, and `log`, the list of requests served.
+`InSales.sell()` takes an order as a shop does, `InSales.trash_product()` deletes as a manager
+does. `python sandbox.py` serves a sample shop and prints a matching `.env`.
 """
 from __future__ import annotations
 
@@ -720,8 +724,14 @@ def main(argv=None) -> None:
     parser.add_argument("--plain", action="store_true", help="no quirks: a big, clean catalogue")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
     parser.add_argument("--rate-limit", type=int, default=500)
+    parser.add_argument("--kaktus-barcodes-in", choices=("fields", "id"), default="fields",
+                        help="id: the original integration's account, its variant ids barcodes")
+    parser.add_argument("--insales-barcodes-in", choices=("barcode", "sku"), default="barcode",
+                        help="sku: a shop with barcode null and the barcodes in the SKU")
     args = parser.parse_args(argv)
-    with Sandbox.sample(products=args.products, sizes=args.sizes, quirks=not args.plain) as box:
+    with Sandbox.sample(products=args.products, sizes=args.sizes, quirks=not args.plain,
+                        kaktus_barcodes_in=args.kaktus_barcodes_in,
+                        insales_barcodes_in=args.insales_barcodes_in) as box:
         box.insales.latency = box.kak2c.latency = args.latency
         box.insales.rate_limit = args.rate_limit
         folder = tempfile.mkdtemp(prefix="sync_stock_sandbox_")
