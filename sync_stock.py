@@ -688,10 +688,11 @@ def read_kaktus_pages(bodies: Iterable[bytes]) -> Iterator[list]:
         number, body = number + 1, next(bodies, None)
         if body is None:  # no more pages to be had
             break
-        if digest(body) in digests:
+        body_digest = digest(body)
+        if body_digest in digests:
             raise UpstreamError(f"Kaktus page {number} is a page already read: the server "
                                 "does not move on with ?page=; nothing written")
-        digests.add(digest(body))
+        digests.add(body_digest)
         last, _ = parse_kaktus_page(body, number)
         fresh = new_products(last, seen)
         if not fresh and number < planned and last:
@@ -2309,7 +2310,7 @@ def dispatch(args: argparse.Namespace, job: Job | None, sleep: Callable[[float],
     options = Options(dry_run=args.dry_run, force=args.force,
                       report=Path(args.report) if args.report else None,
                       plan_to_stderr=args.json, progress=sys.stderr.isatty() and not args.quiet)
-    if job is None:
+    if args.demo:
         run_demo(options, sleep)
         return None
     with hold_lock(job.settings.lock_file) as locked:
