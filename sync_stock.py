@@ -671,7 +671,7 @@ def read_kaktus_pages(bodies: Iterable[bytes]) -> Iterator[list]:
     pages; fail when they do not add up.
 
     The walk ends on an empty page, or once the pages recordsTotal needs are read; past them it
-    asks for more (KAK2C_EXTRA_PAGES at most) only while they come full and new, as they do
+    asks for more (KAKTUS_EXTRA_PAGES at most) only while they come full and new, as they do
     while the catalogue grows. A page that repeats an earlier one (a server that ignores
     ?page=), or brings no new product, or a catalogue short of its recordsTotal is an error,
     never a loop or a partial catalogue.
@@ -1084,8 +1084,8 @@ def plan_updates(variants: Collection[Variant], kaktus: KaktusIndex, previous: d
                  now: float = 0.0, rules: Rules = PLAIN, read_before: dict | None = None) -> Plan:
     """Join both sides by barcode, decide every barcode, and plan the writes.
 
-    `previous`: the last run's Track by variant id; `read_before`: the updated_at of each
-    variant's product as that run read it.
+    `previous`: the last run's Track by variant id; `read_before`: by variant id, the
+    updated_at its product was read with, where that run announced a write (see has_moved).
     """
     previous, read_before = previous or {}, read_before or {}
     unique, shared, coded = split_duplicates(variants)
@@ -1507,7 +1507,7 @@ def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress:
                       stop: threading.Event) -> list:
     """Fetch the Kaktus catalogue's page bodies, page 0 first, until one ends the fetching.
 
-    Page 0 tells how many pages there are; the rest are fetched KAK2C_THREADS at a time, at
+    Page 0 tells how many pages there are; the rest are fetched KAKTUS_THREADS at a time, at
     most LOOKAHEAD ahead of the last one checked, so that a page that repeats an earlier one
     or comes back empty (see ends_fetching) stops the fetching within a few requests, as does
     `stop` (the other catalogue failed). The pages are not parsed here: read_kaktus_pages does
@@ -1703,9 +1703,9 @@ def apply_plan(api: Api, updates: list, quantity_field: str) -> Writes:
 @dataclass
 class State:
     """What the last run that kept its state left: per matched variant its Track, the
-    updated_at its product was read with where a write there was announced and not confirmed
-    (read_before, the T of has_moved), and (for incremental mode) the InSales catalogue as
-    walked, merged and written."""
+    updated_at its product was read with where that run announced a write (read_before, the T
+    of has_moved), and (for incremental mode) the InSales catalogue as walked, merged and
+    written."""
 
     tracks: dict
     read_before: dict

@@ -229,8 +229,7 @@ def compare_state_stores(settings) -> str:
     """CPU of the state as kept (a JSON file, rewritten whole) against the same rows in SQLite
     (rows updated in place), each loading every track and writing the 1% that changed: what one
     run pays for each, best of three."""
-    state = sync_stock.load_state(settings)
-    tracks = state.tracks
+    tracks = sync_stock.load_state(settings).tracks
     moved = {i: t._replace(seen=t.seen + 1) for i, t in list(tracks.items())[::100]}
 
     def as_json() -> float:
@@ -242,18 +241,15 @@ def compare_state_stores(settings) -> str:
     with tempfile.TemporaryDirectory() as folder:
         database = sqlite3.connect(Path(folder) / "state.sqlite3")
         database.execute("CREATE TABLE tracks (id INTEGER PRIMARY KEY, seen INTEGER, "
-                         "announced INTEGER, stock INTEGER, holds TEXT, read_at TEXT)")
+                         "announced INTEGER, stock INTEGER, holds TEXT)")
         with database:
-            database.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, '[]', ?)",
-                                 [(i, *t[:3], state.read_before.get(i))
-                                  for i, t in tracks.items()])
+            database.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, '[]')",
+                                 [(i, *t[:3]) for i, t in tracks.items()])
 
         def as_sqlite() -> float:
             started = time.process_time()
-            rows = list(database.execute("SELECT * FROM tracks"))
             loaded = {row[0]: sync_stock.Track(*row[1:4], tuple(json.loads(row[4])))
-                      for row in rows}
-            read_before = {row[0]: row[5] for row in rows}  # noqa: F841 - what a run needs too
+                      for row in database.execute("SELECT * FROM tracks")}
             changed = [(*t[:3], i) for i, t in moved.items() if loaded[i] != t]
             with database:
                 database.executemany("UPDATE tracks SET seen = ?, announced = ?, stock = ? "

@@ -104,5 +104,10 @@ def kaktus_quantities(box) -> dict:
     return {v["barcode"]: v["stock"][0]["stockTotal"] for v in box.kak2c.variants()}
 
 
+def warnings_of(result) -> list:
+    """The WARNING lines of a run's log: what cron mails."""
+    return [line for line in result.err.splitlines() if " WARNING " in line]
+
+
 def writes(box) -> list:
     return box.insales.calls("PUT", "/admin/products/variants_group_update.json")

@@ -405,7 +405,7 @@ def test_a_repeated_page_or_one_with_nothing_new_fails():
 
 def test_a_growing_catalogue_is_read_past_records_total_while_pages_come_full():
     """A product added at the front shifts the pages: one page more is read to reach
-    recordsTotal; pages that stay full and new are read KAK2C_EXTRA_PAGES past it at most."""
+    recordsTotal; pages that stay full and new are read KAKTUS_EXTRA_PAGES past it at most."""
     assert read_ids([page([1, 2], 4), page([2, 3], 4), page([4, 5], 4)]) == [[1, 2], [3], [4, 5]]
     shifted = [page([1, 2], 20)] + [page([k + 1, k + 2], 20) for k in range(1, 30)]
     pulled = []

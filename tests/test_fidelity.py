@@ -5,7 +5,7 @@ import json
 import pytest
 
 import sandbox
-from conftest import add_pair, writes
+from conftest import add_pair, warnings_of, writes
 
 
 def kaktus_stock_by_id(box) -> dict:
@@ -15,10 +15,6 @@ def kaktus_stock_by_id(box) -> dict:
 
 def shop_by_barcode(box, field="barcode") -> dict:
     return {v[field].zfill(14): v["quantity"] for v in box.insales.all_variants() if v[field]}
-
-
-def warnings_of(result) -> list:
-    return [line for line in result.err.splitlines() if " WARNING " in line]
 
 
 # --- Kaktus: where the barcode is -------------------------------------------------------------

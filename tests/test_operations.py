@@ -11,7 +11,7 @@ import pytest
 
 import sandbox
 import sync_stock
-from conftest import ROOT, add_pair, writes
+from conftest import ROOT, add_pair, warnings_of, writes
 
 ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
 
@@ -208,10 +208,6 @@ def test_version_and_help(capsys):
 
 
 # --- warnings about the data ------------------------------------------------------------------
-
-def warnings_of(result):
-    return [line for line in result.err.splitlines() if " WARNING " in line]
-
 
 def test_a_healthy_catalogue_warns_of_nothing(box, run):
     """A plain shop with every barcode matched: not one warning, even with -v."""

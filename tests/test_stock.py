@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import add_pair, writes
+from conftest import add_pair, warnings_of, writes
 
 MODES = pytest.mark.parametrize("mode", ["full", "incremental"])
 
@@ -76,7 +76,7 @@ def test_a_hold_expires_after_the_window_and_says_so(box, run, tmp_path):
     result = run("-q", METRICS_FILE=metrics)
     assert (result.summary["held_units"], quantity(box, variant)) == (0, 10)
     assert result.summary["expired_units"] == 2
-    [warning] = [line for line in result.err.splitlines() if " WARNING " in line]
+    [warning] = warnings_of(result)
     assert "2 held units expired" in warning and "'H1'" in warning
     assert "SYNC_HOLD_MINUTES=60" in warning and "KAK2C_STOCK_FIELD" in warning
     assert "sync_stock_hold_expired_units{" in metrics.read_text()
