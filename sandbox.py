@@ -8,7 +8,9 @@ Content-Type check and both answer styles, `API-Usage-Limit` with a fixed-window
 Retry-After, the walk's end on an empty page, the trash behind `with_deleted`, 504 on pages too
 big; Kaktus login with a real HS256 JWT, expiry answered under HTTP 401 or 200, numbered pages
 with `recordsTotal`, an optional `size`, the `Domain` header of multi-shop accounts, and the
-barcode layouts of real accounts: barcode fields, or the variant id as the barcode).
+barcode layouts of real accounts: barcode fields, or the variant id as the barcode; and the
+stock layouts: stockTotal alone, with stockReserved, with stockAvailable too, or the wiki's item
+with stockAvailable on the variant).
 
 Knobs for the tests: `latency`, `inject()` for faults (among them `lose_answer`: a write that
 lands but whose answer never comes back; or `rewrite`, a function over every answer),
@@ -491,12 +493,22 @@ class Kaktus(Emulator):
         signature = hmac.new(self.secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
         return f"{head}.{body}.{_b64(signature)}"
 
-    def set_stock(self, barcode: str, stock: int) -> None:
-        """Give the variant with this barcode one stock entry of `stock`."""
+    def set_stock(self, barcode: str, total: int, reserved: int = 0) -> None:
+        """Set the stock of the variant with this barcode, as its layout shows it: one stock
+        entry with the figures its entries carried (stockTotal; stockReserved; stockAvailable,
+        total less reserved), or stockAvailable on the variant itself (the wiki's items)."""
+        figures = {"stockTotal": total, "stockReserved": reserved,
+                   "stockAvailable": total - reserved}
         with self.lock:
             for variant in self.variants():
-                if barcode in (variant.get("barcode"), str(variant.get("id"))):
-                    variant["stock"] = [{"warehouse": "MSK", "stockTotal": stock}]
+                if barcode not in variant_codes(variant):
+                    continue
+                if isinstance(variant.get("stock"), list):
+                    keys = {"stockTotal"}.union(*variant["stock"])
+                    variant["stock"] = [{"warehouse": "MSK", **{
+                        key: value for key, value in figures.items() if key in keys}}]
+                else:
+                    variant["stockAvailable"] = figures["stockAvailable"]
 
     def handle(self, request: Request) -> tuple:
         if self.domain is not None and request.headers.get("Domain") != self.domain:
@@ -566,6 +578,15 @@ class Kaktus(Emulator):
                 for v in (p["variants"] if isinstance(p.get("variants"), list) else [p])]
 
 
+def variant_codes(variant: dict) -> set:
+    """Every text a Kaktus variant may be known by: its id and its barcodes, in any shape."""
+    codes = {str(variant.get("id")), str(variant.get("barcode"))}
+    for item in variant.get("barcodes") or ():
+        codes.add(str(item.get("value") or item.get("barcode") or item.get("code"))
+                  if isinstance(item, dict) else str(item))
+    return codes
+
+
 # --- both, and a sample shop ------------------------------------------------------------------
 
 class Sandbox:
@@ -601,7 +622,8 @@ class Sandbox:
         product = self.insales.add_product("Sneakers (demo)", [{
             "barcode": barcode, "quantity": stock if shown is None else shown, "title": "42"}])
         self.kak2c.add_product({"id": 4242, "name": "Sneakers (demo)", "barcode": barcode,
-                                "stock": [{"warehouse": "MSK", "stockTotal": stock}]})
+                                "stock": [{"warehouse": "MSK", "stockTotal": stock,
+                                           "stockReserved": 0, "stockAvailable": stock}]})
         return product["variants"][0]["id"]
 
     def env(self, folder) -> dict:
@@ -637,7 +659,8 @@ BARCODE_SHAPES = (
 
 def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
                 quirks: bool = True, differ: float = 0.3, spread: float = 0.0,
-                kaktus_barcodes_in: str = "fields", insales_barcodes_in: str = "barcode") -> None:
+                kaktus_barcodes_in: str = "fields", insales_barcodes_in: str = "barcode",
+                kaktus_stock: str = "total") -> None:
     """Fill both sides with one shop: matching barcodes, some stock differing.
 
     With quirks (the default), every third product is "one variant = one product" in Kaktus,
@@ -650,6 +673,13 @@ def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
     account, where a Kaktus variant's id is its barcode (as text or a number) and no barcode
     field is there; `insales_barcodes_in="sku"` a shop that keeps barcodes in the SKU, with
     `"barcode": null` on every variant.
+
+    `kaktus_stock` is how Kaktus shows a variant's stock (what it can sell is the sample's
+    figure either way): "total", entries with stockTotal alone (the original integration's
+    account); "reserved", entries with stockTotal and stockReserved, some units reserved for
+    marketplace orders; "available", entries with all three; "wiki", stockAvailable on the
+    variant itself with no stock list, every product one variant, ids as text and barcodes as
+    objects, as the Kaktus wiki prints an item.
     """
     rng = random.Random(seed)
     kaktus_ids = iter(range(5001, 10**9))
@@ -662,12 +692,15 @@ def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
             code = ean13(seed * 10**6 + n)
             stock = rng.randint(0, 25)
             shop_qty = stock + rng.randint(1, 5) if rng.random() < differ else stock
-            entries = [{"warehouse": "MSK", "stockTotal": stock}]
+            figures = stock_figures(kaktus_stock, stock, reserved=n % 3)
+            entries = [{"warehouse": "MSK", **figures}]
             kaktus_code = code
             if quirks:
                 if n % 4 == 1:  # two warehouses, summed; figures as strings and floats
-                    entries = [{"warehouse": "MSK", "stockTotal": str(stock - stock // 2)},
-                               {"warehouse": "SPB", "stockTotal": float(stock // 2)}]
+                    entries = [{"warehouse": "MSK", **{k: str(v - v // 2) for k, v in
+                                                       figures.items()}},
+                               {"warehouse": "SPB", **{k: float(v // 2) for k, v in
+                                                       figures.items()}}]
                 kaktus_code = "0" + code if n % 7 == 3 else code  # GTIN-14 for an EAN-13
             shop_variants.append({"title": SIZES[s % len(SIZES)], "barcode": code,
                                   "quantity": shop_qty})
@@ -676,7 +709,14 @@ def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
             else:
                 fields = {"id": next(kaktus_ids),
                           **BARCODE_SHAPES[n % len(BARCODE_SHAPES) if quirks else 0](kaktus_code)}
-            kaktus_variants.append({**fields, "article": f"A{n:06d}", "stock": entries})
+            if kaktus_stock == "wiki":
+                if kaktus_barcodes_in != "id":
+                    fields = {"id": str(fields["id"]), "barcodes": [
+                        {"value": kaktus_code, "isDefault": True, "type": "COMMON"}]}
+                kaktus_variants.append({**fields, "article": f"A{n:06d}",
+                                        "shortName": title, "price": "1990.00", **figures})
+            else:
+                kaktus_variants.append({**fields, "article": f"A{n:06d}", "stock": entries})
         if quirks:
             _add_quirks(p, shop_variants, kaktus_variants)
         if insales_barcodes_in == "sku":
@@ -684,7 +724,7 @@ def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
                 variant["sku"], variant["barcode"] = variant["barcode"], None
         box.insales.add_product(title, shop_variants)
         box.advance(spread)
-        if flat:
+        if flat or kaktus_stock == "wiki":
             for variant in kaktus_variants:
                 box.kak2c.add_product({**variant, "name": f"{title} {variant['article']}"})
         else:
@@ -697,7 +737,18 @@ def fill_sample(box: Sandbox, products: int = 30, sizes: int = 3, seed: int = 7,
         for name, code, stock in extra:
             fields = {"id": code} if kaktus_barcodes_in == "id" else \
                 {"id": next(kaktus_ids), "barcode": code}
-            box.kak2c.add_product({**fields, "name": name, "stock": [{"stockTotal": stock}]})
+            figures = stock_figures(kaktus_stock, stock, reserved=1)
+            box.kak2c.add_product({**fields, "name": name, **(
+                figures if kaktus_stock == "wiki" else {"stock": [figures]})})
+
+
+def stock_figures(layout: str, sellable: int, reserved: int) -> dict:
+    """A variant's stock figures as the `layout` of fill_sample shows `sellable` units."""
+    total = {"stockTotal": sellable + reserved}
+    return {"total": {"stockTotal": sellable},
+            "reserved": {**total, "stockReserved": reserved},
+            "available": {**total, "stockReserved": reserved, "stockAvailable": sellable},
+            "wiki": {"stockAvailable": sellable}}[layout]
 
 
 def _add_quirks(p: int, shop: list, kaktus: list) -> None:
@@ -710,7 +761,8 @@ def _add_quirks(p: int, shop: list, kaktus: list) -> None:
     elif case == 2 and len(shop) > 1:
         shop[1]["barcode"] = shop[0]["barcode"]               # duplicate in InSales
     elif case == 4:
-        kaktus[-1].pop("stock")                               # unknown stock: never 0
+        for key in ("stock", "stockAvailable"):               # unknown stock: never 0
+            kaktus[-1].pop(key, None)
     elif case == 5:
         shop[-1]["barcode"] = ean13(900_000 + p)              # only in InSales
     elif case == 6:
@@ -728,10 +780,14 @@ def main(argv=None) -> None:
                         help="id: the original integration's account, its variant ids barcodes")
     parser.add_argument("--insales-barcodes-in", choices=("barcode", "sku"), default="barcode",
                         help="sku: a shop with barcode null and the barcodes in the SKU")
+    parser.add_argument("--kaktus-stock", choices=("total", "reserved", "available", "wiki"),
+                        default="total", help="how Kaktus shows stock: stockTotal alone; with "
+                        "stockReserved; with stockAvailable too; stockAvailable on the variant")
     args = parser.parse_args(argv)
     with Sandbox.sample(products=args.products, sizes=args.sizes, quirks=not args.plain,
                         kaktus_barcodes_in=args.kaktus_barcodes_in,
-                        insales_barcodes_in=args.insales_barcodes_in) as box:
+                        insales_barcodes_in=args.insales_barcodes_in,
+                        kaktus_stock=args.kaktus_stock) as box:
         box.insales.latency = box.kak2c.latency = args.latency
         box.insales.rate_limit = args.rate_limit
         folder = tempfile.mkdtemp(prefix="sync_stock_sandbox_")

@@ -153,6 +153,26 @@ def show_stock_expression(terms: tuple) -> str:
                    for i, (sign, name) in enumerate(terms))
 
 
+class StockRule(NamedTuple):
+    """What a Kaktus variant's stock is read by: the summary's name for it, and its terms."""
+
+    name: str     # e.g. stockTotal-stockReserved
+    terms: tuple  # ((+1 or -1, field name), ...)
+
+
+def stock_rule(text: str) -> StockRule:
+    """Read a KAK2C_STOCK_FIELD that names its fields (not `auto`)."""
+    terms = parse_stock_expression(text)
+    return StockRule(show_stock_expression(terms), terms)
+
+
+# KAK2C_STOCK_FIELD=auto, per variant, the first that every one of its stock entries carries:
+# what Kaktus can sell. It reserves stock for every order it accepts, of every channel it
+# fulfils, and a reserved unit stays in stockTotal until it ships: published, it sells twice.
+AVAILABLE, TOTAL_LESS_RESERVED, TOTAL = map(
+    stock_rule, ("stockAvailable", "stockTotal-stockReserved", "stockTotal"))
+
+
 @dataclass(frozen=True)
 class Settings:
     insales_url: str
@@ -166,7 +186,7 @@ class Settings:
     token_file: Path
     insales_barcode_field: str  # "barcode" or "sku"
     kaktus_barcode_field: str   # "auto", or the one variant field that holds the barcode
-    stock_terms: tuple          # ((+1 or -1, field name), ...): KAK2C_STOCK_FIELD
+    stock_rule: StockRule | None  # KAK2C_STOCK_FIELD; None: auto, chosen per variant
     stock_buffer: int
     hold_minutes: float
     lock_file: Path
@@ -191,6 +211,11 @@ class Settings:
         """What an InSales variant is read by: (quantity, barcode, the other barcode field)."""
         field = self.insales_barcode_field
         return self.quantity_field, field, INSALES_BARCODE_FIELDS[field]
+
+    @property
+    def stock_setting(self) -> str:
+        """KAK2C_STOCK_FIELD as read: auto, or the expression."""
+        return self.stock_rule.name if self.stock_rule else "auto"
 
     @property
     def shop(self) -> str:
@@ -229,7 +254,8 @@ SETTINGS = (
     Setting("KAK2C_PASSWORD", None, "instead of the credentials file, with KAK2C_LOGIN"),
     Setting("KAK2C_TOKEN_FILE", "files/kak2c_token", "token cache (mode 0600)"),
     Setting("KAK2C_BARCODE_FIELD", "auto", "where a Kaktus variant's barcode is: auto, or a field"),
-    Setting("KAK2C_STOCK_FIELD", "stockTotal", "stock entry field, or fields joined by + and -"),
+    Setting("KAK2C_STOCK_FIELD", "auto", "what Kaktus can sell (auto), or stock entry fields "
+            "joined by + and -"),
     Setting("KAK2C_PAGE_SIZE", None, "ask Kaktus pages of this many products (size=N)"),
     Setting("KAK2C_DOMAIN", None, "the Domain header of accounts with several shops"),
     Setting("SYNC_STOCK_BUFFER", "0", "units kept back from every variant"),
@@ -308,7 +334,8 @@ def load_settings(values: Mapping) -> Settings:
         token_file=path("KAK2C_TOKEN_FILE"),
         insales_barcode_field=insales_field,
         kaktus_barcode_field=kaktus_field,
-        stock_terms=parse_stock_expression(get("KAK2C_STOCK_FIELD")),
+        stock_rule=None if get("KAK2C_STOCK_FIELD") == "auto" else stock_rule(
+            get("KAK2C_STOCK_FIELD")),
         stock_buffer=number("SYNC_STOCK_BUFFER", high=MAX_COUNT),
         hold_minutes=number("SYNC_HOLD_MINUTES", float, high=7 * 24 * 60),
         lock_file=path("SYNC_LOCK_FILE"),
@@ -556,25 +583,51 @@ def parse_barcodes(record: dict) -> Collection[str]:
     return codes
 
 
-def parse_stock(record: dict, terms: tuple) -> int | None:
-    """Sum a Kaktus variant's stock entries by KAK2C_STOCK_FIELD; None (unknown, never 0) when
-    any entry lacks a named field or holds an unreadable figure, or the sum is beyond any real
-    count. A negative sum is 0."""
+def stock_entries(record: dict) -> list | None:
+    """A Kaktus variant's stock entries: its `stock` list, or the variant itself when it has
+    none (its figures on it, as the Kaktus wiki shows an item); None when `stock` is neither."""
     stock = record.get("stock")
+    if stock is None:
+        return [record]
     if isinstance(stock, dict):
-        stock = [stock]
-    if not isinstance(stock, list):
-        return None
+        return [stock]
+    return stock if isinstance(stock, list) else None
+
+
+def choose_stock_rule(entries: list | None) -> StockRule:
+    """KAK2C_STOCK_FIELD=auto for one variant: stockAvailable when every entry carries one,
+    else stockTotal-stockReserved when every entry carries both, else stockTotal."""
+    if not entries:
+        return TOTAL
+    available = reserved = True  # loops, not all(): this runs for every variant
+    for entry in entries:
+        if type(entry) is not dict:  # noqa: E721
+            return TOTAL
+        available = available and entry.get("stockAvailable") is not None
+        reserved = reserved and entry.get("stockReserved") is not None \
+            and entry.get("stockTotal") is not None
+    return AVAILABLE if available else TOTAL_LESS_RESERVED if reserved else TOTAL
+
+
+def parse_stock(record: dict, rule: StockRule | None) -> tuple:
+    """Return (stock, the rule's name) of a Kaktus variant: its entries summed by `rule`
+    (None: auto). The stock is None (unknown, never 0) when an entry lacks a named field or
+    holds an unreadable figure, or the sum is beyond any real count; a negative sum is 0."""
+    stock = record.get("stock")
+    entries = stock if type(stock) is list else stock_entries(record)  # noqa: E721 - fast path
+    rule = rule or choose_stock_rule(entries)
+    if entries is None:
+        return None, rule.name
     total = 0
-    for entry in stock:
+    for entry in entries:
         if not isinstance(entry, dict):
-            return None
-        for sign, name in terms:
-            quantity = to_quantity(entry.get(name))
+            return None, rule.name
+        for sign, field_name in rule.terms:
+            quantity = to_quantity(entry.get(field_name))
             if quantity is None:
-                return None
+                return None, rule.name
             total += sign * quantity
-    return None if total > MAX_COUNT else max(total, 0)
+    return (None if total > MAX_COUNT else max(total, 0)), rule.name
 
 
 def kaktus_variants(product) -> list:
@@ -586,9 +639,9 @@ def kaktus_variants(product) -> list:
 
 
 def stock_entry_keys(variant: dict) -> set:
-    """The keys seen on a Kaktus variant's stock entries: what KAK2C_STOCK_FIELD may name."""
-    stock = variant.get("stock")
-    entries = stock if isinstance(stock, list) else [stock]
+    """The keys seen on a Kaktus variant's stock entries (the variant's own when it has no
+    stock list): what KAK2C_STOCK_FIELD may name."""
+    entries = stock_entries(variant) or ()
     return {str(key) for entry in entries if isinstance(entry, dict) for key in entry}
 
 
@@ -843,11 +896,22 @@ class KaktusIndex:
     with_barcode: int = 0
     unknown: int = 0
     skipped: int = 0
+    stock_rules: Counter = field(default_factory=Counter)  # rule name -> variants read by it
     first_variant: dict | None = None   # for the warnings: the first without a barcode,
     first_unknown: dict | None = None   # the first with unknown stock: keys actually seen
 
+    @property
+    def stock_field(self) -> str | None:
+        """The stock rule most variants were read by (the summary's kak2c_stock_field)."""
+        return self.stock_rules.most_common(1)[0][0] if self.stock_rules else None
 
-def index_kaktus(pages: Iterable[list], terms: tuple, barcode_field: str = "auto") -> KaktusIndex:
+    def stock_rules_text(self) -> str:
+        """`stockAvailable: 97, stockTotal: 3`: how many variants each rule read."""
+        return ", ".join(f"{name}: {count}" for name, count in self.stock_rules.most_common())
+
+
+def index_kaktus(pages: Iterable[list], rule: StockRule | None,
+                 barcode_field: str = "auto") -> KaktusIndex:
     """Index Kaktus variants by barcode, in both shapes: product->variants and one per product.
 
     With `auto`, the barcode fields; when not one variant of the whole catalogue has one, the
@@ -864,6 +928,7 @@ def index_kaktus(pages: Iterable[list], terms: tuple, barcode_field: str = "auto
     by_id: dict | None = {} if barcode_field == "auto" else None
     by_id_twice: set = set()
     variants = without_barcode = with_id = 0  # locals: the loop runs 100,000 times
+    rules = index.stock_rules
     for products in pages:
         for product in products:
             if not isinstance(product, dict):
@@ -874,7 +939,8 @@ def index_kaktus(pages: Iterable[list], terms: tuple, barcode_field: str = "auto
                     index.skipped += 1
                     continue
                 variants += 1
-                quantity = parse_stock(variant, terms)
+                quantity, rule_name = parse_stock(variant, rule)
+                rules[rule_name] += 1
                 if quantity is None:
                     index.unknown += 1
                     index.first_unknown = index.first_unknown or variant
@@ -1138,6 +1204,7 @@ def plan_updates(variants: Collection[Variant], kaktus: KaktusIndex, previous: d
         "caught_up_after_s": max((round(e.age, 1) for _, e in events if e.kind == "caught up"),
                                  default=None),
         "kak2c_barcode_field": kaktus.barcode_field,
+        "kak2c_stock_field": kaktus.stock_field,
     }
     return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kaktus)
 
@@ -1175,6 +1242,7 @@ def check_guard(plan: Plan, share: float) -> str | None:
     return None
 
 
+AUTO_STOCK_TEXT = "auto reads stockAvailable, else stockTotal-stockReserved, else stockTotal"
 KAKTUS_SHAPES = ("barcode (text), barcodes (a list of texts, or of objects with barcode, value "
                 "or code), and the variant id when no variant has either")
 
@@ -1200,11 +1268,14 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
         warnings.append(f"none of the {counts['insales_variants']} InSales variants has a barcode "
                         f"in INSALES_BARCODE_FIELD={field}{hint}")
     if kaktus.unknown * 2 > kaktus.variants:
-        stock_keys = ", ".join(sorted(stock_entry_keys(kaktus.first_unknown or {}))) or "-"
-        expression = show_stock_expression(settings.stock_terms)
+        unknown = kaktus.first_unknown or {}
+        where = "a stock entry" if isinstance(unknown.get("stock"), (list, dict)) else \
+            "the variant (it has no stock list)"
+        stock_keys = ", ".join(sorted(stock_entry_keys(unknown))) or "-"
+        read = "" if settings.stock_rule else f" ({AUTO_STOCK_TEXT})"
         warnings.append(f"{kaktus.unknown} of {kaktus.variants} Kaktus variants have unknown "
-                        f"stock; check KAK2C_STOCK_FIELD={expression!r} against the keys seen "
-                        f"on a stock entry: {stock_keys}")
+                        f"stock; check KAK2C_STOCK_FIELD={settings.stock_setting!r}{read} "
+                        f"against the keys seen on {where}: {stock_keys}")
     if counts["matched"] == 0 and plan.unique and kaktus.quantities:
         hint = ""
         if kaktus.barcode_field == "id" and settings.kaktus_barcode_field == "auto":
@@ -1219,8 +1290,9 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
             f"{counts['expired_units']} held units expired in this run before Kaktus' stock fell "
             f"(e.g. barcode {expired[0][0].barcode!r}), so they are on sale again: this Kaktus "
             f"may count orders later than SYNC_HOLD_MINUTES={settings.hold_minutes:g} (at "
-            "shipment rather than at reservation?); set SYNC_HOLD_MINUTES longer, or "
-            "KAK2C_STOCK_FIELD=stockTotal-stockReserved if its stock entries carry a reserve")
+            f"shipment rather than at reservation?; its stock was read as "
+            f"{kaktus.stock_field}); set SYNC_HOLD_MINUTES longer, or KAK2C_STOCK_FIELD to "
+            "the figure that falls when Kaktus reserves an order")
     sharing = sum(map(len, plan.shared.values()))
     if sharing * 10 > counts["insales_with_barcode"]:
         warnings.append(f"{sharing} of {counts['insales_with_barcode']} InSales variants share "
@@ -1920,13 +1992,15 @@ SUMMARY_KEYS = ("status", "mode", "insales_variants", "insales_with_barcode",
                 "insales_duplicate_barcodes", "kak2c_variants", "kak2c_duplicate_barcodes",
                 "matched", "changed", "updated", "failed", "unmatched_insales", "unmatched_kak2c",
                 "unknown_stock", "skipped_records", "held_variants", "held_units",
-                "expired_units", "caught_up_after_s", "kak2c_barcode_field", "guard", "error")
+                "expired_units", "caught_up_after_s", "kak2c_barcode_field", "kak2c_stock_field",
+                "guard", "error")
 
 
 def make_summary(result: SyncResult, requests_sent: dict, duration: float) -> dict:
     summary = dict.fromkeys(SUMMARY_KEYS, 0)
-    # a run that read no Kaktus catalogue chose no field, and one that released no hold timed none
-    summary["kak2c_barcode_field"] = summary["caught_up_after_s"] = None
+    # a run that read no Kaktus catalogue chose no fields, and one that released no hold timed none
+    summary["kak2c_barcode_field"] = summary["kak2c_stock_field"] = None
+    summary["caught_up_after_s"] = None
     summary.update(result.counts)
     summary.update(status=result.status.label, mode=result.mode, updated=result.updated,
                    failed=result.failed, skipped_records=result.skipped_records,
@@ -2066,7 +2140,7 @@ def fetch_catalogues(settings: Settings, insales: Api, kaktus: Api,
             raise
         catalogue = reading.result()  # an InSales failure is the run's failure
     pages = read_kaktus_pages(more_kaktus_pages(kaktus, token, settings.kaktus_page_size, fetched))
-    return catalogue, index_kaktus(pages, settings.stock_terms, settings.kaktus_barcode_field)
+    return catalogue, index_kaktus(pages, settings.stock_rule, settings.kaktus_barcode_field)
 
 
 def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, writes: Writes) -> dict:
@@ -2129,6 +2203,8 @@ def run_sync(settings: Settings, options: Options, insales: Api, kaktus: Api,
              "the variant ids" if index.barcode_field == "id" else
              "barcode, barcodes" if index.barcode_field == "barcode" else index.barcode_field,
              settings.kaktus_barcode_field)
+    log.info("Kaktus variants by the stock figure read (KAK2C_STOCK_FIELD=%s): %s",
+             settings.stock_setting, index.stock_rules_text() or "none")
     for warning in data_warnings(plan, settings, catalogue.strays):
         log.warning("%s", warning)
     result = SyncResult(Status.DRY_RUN, mode, plan.counts,
@@ -2190,15 +2266,17 @@ def run_check(settings: Settings, insales: Api, kaktus: Api) -> None:
     variants = [v for product in products for v in kaktus_variants(product) if isinstance(v, dict)]
     nested = sum(isinstance(p, dict) and isinstance(p.get("variants"), list) for p in products)
     stock_keys = set().union(*map(stock_entry_keys, variants))
-    index = index_kaktus([products], settings.stock_terms, settings.kaktus_barcode_field)
+    index = index_kaktus([products], settings.stock_rule, settings.kaktus_barcode_field)
     lines += [
         f"Kaktus {settings.kaktus_url}: logged in; recordsTotal={total}, "
         f"{len(products)} products on page 0",
         f"  catalogue shape on page 0: {nested} products with a variants list, "
         f"{len(products) - nested} that are one variant each",
         f"  variant keys: {', '.join(sorted({str(k) for v in variants for k in v})) or '-'}",
-        f"  stock entry keys: {', '.join(sorted(stock_keys)) or '-'} "
-        f"(KAK2C_STOCK_FIELD={show_stock_expression(settings.stock_terms)})",
+        f"  stock entry keys (a variant's own where it has no stock list): "
+        f"{', '.join(sorted(stock_keys)) or '-'}",
+        f"  stock read (KAK2C_STOCK_FIELD={settings.stock_setting}), variants on page 0 by "
+        f"figure: {index.stock_rules_text() or '-'}",
         f"  barcodes read from {index.barcode_field} (KAK2C_BARCODE_FIELD="
         f"{settings.kaktus_barcode_field}, as resolved on page 0): {index.with_barcode} of "
         f"{index.variants} variants on page 0 carry one",
@@ -2212,7 +2290,8 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
     """Play the whole story against the bundled sandbox: plan, sync, a sale held, released."""
     import sandbox
 
-    with sandbox.Sandbox.sample() as box, tempfile.TemporaryDirectory() as folder:
+    with sandbox.Sandbox.sample(kaktus_stock="available") as box, \
+            tempfile.TemporaryDirectory() as folder:
         settings = load_settings(box.env(folder))
         insales, kaktus = make_apis(settings, RetryPolicy(max_wait=settings.max_wait, sleep=sleep))
         print(f"Demo: InSales sandbox at {box.insales.url}, Kaktus sandbox at {box.kak2c.url}\n")
@@ -2243,11 +2322,19 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
         step("3. The next run: the sale is held, not undone", dry_run=True)
         step(f"4. Real sync: InSales keeps {stock - 2}")
         box.advance(60)
-        box.kak2c.set_stock(barcode, stock - 2)
-        print(f"-- The order reaches the Kaktus warehouse: Kaktus {stock} -> {stock - 2}.")
+        box.kak2c.set_stock(barcode, stock, reserved=2)
+        print(f"-- The order reaches Kaktus, which reserves 2 pairs for it: what it can sell "
+              f"(stockAvailable) {stock} -> {stock - 2}.")
         step("5. Kaktus caught up: the hold is released, nothing to write")
         print(f"InSales shows {box.insales.variant(variant)['quantity']} for barcode {barcode}: "
-              "the sold pairs were never put back on sale.")
+              "the sold pairs were never put back on sale.\n")
+        box.advance(60)
+        box.kak2c.set_stock(barcode, stock, reserved=4)
+        print(f"-- A marketplace order (OZON, say) reserves 2 more pairs in Kaktus: stockAvailable "
+              f"{stock - 2} -> {stock - 4}, while stockTotal stays {stock} until both ship.")
+        step("6. Real sync: InSales offers only what Kaktus can sell")
+        print(f"InSales shows {box.insales.variant(variant)['quantity']} for barcode {barcode}: "
+              "the 4 pairs reserved in Kaktus are not offered (KAK2C_STOCK_FIELD=auto).")
 
 
 def parse_args(argv) -> argparse.Namespace:

@@ -153,7 +153,7 @@ def run_naive(box) -> dict:
     bodies = fetch_kak2c_bodies(box.kak2c.url, box.kak2c.login, box.kak2c.password)
     counts["kak2c"] += 1 + len(bodies)
     pages = [json.loads(body)["products"] for body in bodies]
-    index = sync_stock.index_kaktus(pages, sync_stock.parse_stock_expression("stockTotal"))
+    index = sync_stock.index_kaktus(pages, sync_stock.TOTAL)
     matched = [{"id": v.id, "quantity": index.quantities[v.barcode]} for v in variants
                if index.quantities.get(v.barcode) is not None]
     counts["insales"] += 1
@@ -216,7 +216,7 @@ def pipeline_cpu(settings, insales_bodies: list, kak2c_bodies: list) -> float:
                     for variant in sync_stock.parse_insales_product(
                         product, settings.insales_fields, strays)}
         index = sync_stock.index_kaktus((json.loads(body)["products"] for body in kak2c_bodies),
-                                       settings.stock_terms, settings.kaktus_barcode_field)
+                                       settings.stock_rule, settings.kaktus_barcode_field)
         state = sync_stock.load_state(settings)
         plan = sync_stock.plan_updates(variants.values(), index, state.tracks, time.time(), rules,
                                        state.read_before)

@@ -29,17 +29,23 @@ from sync_stock import (
     report_rows,
     rewind,
     show_stock_expression,
+    stock_rule,
     to_quantity,
     token_expiry,
 )
 
-TOTAL = parse_stock_expression("stockTotal")
+TOTAL = stock_rule("stockTotal")
 HOUR = 3600.0
 
 
 def variant(id_, barcode, quantity, product_id=1, updated_at="T0"):
     return Variant(id_, product_id, normalize_barcode(barcode), quantity, f"title {id_}",
                    updated_at)
+
+
+def stock(record, text="stockTotal"):
+    """A Kaktus variant's stock as KAK2C_STOCK_FIELD=text reads it."""
+    return parse_stock(record, stock_rule(text))[0]
 
 
 def kaktus(**quantities):
@@ -76,8 +82,8 @@ def test_absurd_figures_are_unreadable_never_written():
     assert to_quantity(1_000_000_000) == 1_000_000_000
     huge = (10**30, 1e300, 2**63, float("inf"), "1e300", "9" * 400, -(10**30))
     assert [to_quantity(v) for v in huge] == [None] * len(huge)
-    assert parse_stock({"stock": [{"stockTotal": 10**30}]}, TOTAL) is None
-    assert parse_stock({"stock": [{"stockTotal": 6 * 10**8}] * 2}, TOTAL) is None
+    assert stock({"stock": [{"stockTotal": 10**30}]}) is None
+    assert stock({"stock": [{"stockTotal": 6 * 10**8}] * 2}) is None
 
 
 def test_barcodes_are_read_from_every_shape():
@@ -90,20 +96,19 @@ def test_barcodes_are_read_from_every_shape():
 
 def test_stock_entries_are_summed():
     """Sums the stock field over entries; negative totals are 0."""
-    assert parse_stock({"stock": [{"stockTotal": 2}, {"stockTotal": "3"}]}, TOTAL) == 5
-    assert parse_stock({"stock": [{"stockTotal": -4}, {"stockTotal": 1}]}, TOTAL) == 0
-    assert parse_stock({"stock": [{"free": 7, "stockTotal": 1}]},
-                       parse_stock_expression("free")) == 7
-    assert parse_stock({"stock": []}, TOTAL) == 0
+    assert stock({"stock": [{"stockTotal": 2}, {"stockTotal": "3"}]}) == 5
+    assert stock({"stock": [{"stockTotal": -4}, {"stockTotal": 1}]}) == 0
+    assert stock({"stock": [{"free": 7, "stockTotal": 1}]}, "free") == 7
+    assert stock({"stock": []}) == 0
 
 
 def test_missing_or_unreadable_stock_is_unknown_never_zero():
     """A missing stock list, a missing field or a non-number makes the stock unknown."""
-    assert parse_stock({}, TOTAL) is None
-    assert parse_stock({"stock": None}, TOTAL) is None
-    assert parse_stock({"stock": [{"stockTotal": 1}, {"other": 2}]}, TOTAL) is None
-    assert parse_stock({"stock": [{"stockTotal": "many"}]}, TOTAL) is None
-    assert parse_stock({"stock": ["5"]}, TOTAL) is None
+    assert stock({}) is None
+    assert stock({"stock": None}) is None
+    assert stock({"stock": [{"stockTotal": 1}, {"other": 2}]}) is None
+    assert stock({"stock": [{"stockTotal": "many"}]}) is None
+    assert stock({"stock": ["5"]}) is None
 
 
 def test_stock_expression_is_computed_per_entry_and_summed():
@@ -113,10 +118,30 @@ def test_stock_expression_is_computed_per_entry_and_summed():
     assert show_stock_expression(terms) == "stockTotal-stockReserved+stockTransit"
     entries = [{"stockTotal": 10, "stockReserved": 3, "stockTransit": 1},
                {"stockTotal": "4", "stockReserved": 0, "stockTransit": 0.0}]
-    assert parse_stock({"stock": entries}, terms) == 12
+    assert stock({"stock": entries}, "stockTotal - stockReserved + stockTransit") == 12
     entries[1].pop("stockReserved")
-    assert parse_stock({"stock": entries}, terms) is None
-    assert parse_stock({"stock": [{"a": 1, "b": 5}]}, parse_stock_expression("a-b")) == 0
+    assert stock({"stock": entries}, "stockTotal-stockReserved+stockTransit") is None
+    assert stock({"stock": [{"a": 1, "b": 5}]}, "a-b") == 0
+
+
+@pytest.mark.parametrize("record, expected", [
+    ({"stock": [{"stockTotal": 9, "stockReserved": 2, "stockAvailable": 7},
+                {"stockTotal": 1, "stockAvailable": "1"}]}, (8, "stockAvailable")),
+    ({"stock": [{"stockTotal": 9, "stockReserved": 2, "stockAvailable": None}]},
+     (7, "stockTotal-stockReserved")),
+    ({"stock": [{"stockTotal": 9, "stockReserved": 2}, {"stockTotal": 3}]}, (12, "stockTotal")),
+    ({"stock": [{"stockAvailable": 4}, {"stockTotal": 3}]}, (None, "stockTotal")),
+    ({"id": "1044", "stockAvailable": 45, "barcodes": [{"value": "70100401010204"}]},
+     (45, "stockAvailable")),
+    ({"stock": {"stockTotal": 5, "stockReserved": 5}}, (0, "stockTotal-stockReserved")),
+    ({"stock": []}, (0, "stockTotal")),
+    ({"stock": "lots"}, (None, "stockTotal")),
+    ({}, (None, "stockTotal")),
+])
+def test_auto_reads_what_kaktus_can_sell_per_variant(record, expected):
+    """auto: stockAvailable in every entry, else stockTotal-stockReserved, else stockTotal; a
+    variant without a stock list is its own entry."""
+    assert parse_stock(record, None) == expected
 
 
 @pytest.mark.parametrize("text", ["", "stock Total", "a--b", "a+", "-a", "a*b", "1a", "a-b-",
@@ -439,7 +464,7 @@ def test_fetching_ends_at_a_repeated_or_empty_page():
 def test_one_field_and_an_expression_follow_one_rule(entries, expected):
     """`stockTotal` and `stockTotal+stockFree` (stockFree 0) agree on every table row."""
     for text in ("stockTotal", "stockTotal+stockFree"):
-        assert parse_stock({"stock": entries}, parse_stock_expression(text)) == expected
+        assert stock({"stock": entries}, text) == expected
 
 
 def product(id_, *variants, **extra):

@@ -180,6 +180,8 @@ def test_demo_runs_without_any_account_or_env(tmp_path):
     assert "status=dry-run" in child.stdout and "status=ok" in child.stdout
     assert "changes planned" in child.stdout
     assert "0 changes planned" in child.stdout  # the third run: nothing left to do
+    # a marketplace order reserved in Kaktus: those units are not offered
+    assert "InSales shows 1 for barcode 4600000000994: the 4 pairs reserved" in child.stdout
 
 
 def test_env_example_and_readme_name_every_setting_exactly():
@@ -205,6 +207,8 @@ def test_version_and_help(capsys):
     for option in ("--dry-run", "--env-file", "--json", "--report", "--force", "--check",
                    "--demo", "-v", "-q", "METRICS_FILE", "SYNC_HOLD_MINUTES", "KAK2C_PAGE_SIZE"):
         assert option in out
+    assert re.search(r"KAK2C_STOCK_FIELD .*what Kaktus can sell.* \[auto\]", out)
+    assert "\n#KAK2C_STOCK_FIELD=auto\n" in (ROOT / ".env.example").read_text()
 
 
 # --- warnings about the data ------------------------------------------------------------------

@@ -209,3 +209,26 @@ def test_sample_layouts_of_real_accounts(box):
     assert all(v["barcode"] is None for v in shop)
     codes = {str(v["id"]).strip().lstrip("0") for v in variants}
     assert sum((v["sku"] or "").strip().lstrip("0") in codes for v in shop) > len(shop) // 2
+
+
+def test_sample_stock_layouts_and_set_stock(box):
+    """Each layout shows its figures (entries with stockTotal; with stockReserved; with all
+    three; stockAvailable on a wiki item with string ids and barcode objects), and set_stock
+    keeps a variant in its layout."""
+    for layout, keys in (("total", {"stockTotal"}), ("reserved", {"stockTotal", "stockReserved"}),
+                         ("available", {"stockTotal", "stockReserved", "stockAvailable"})):
+        fresh = sandbox.Sandbox()
+        sandbox.fill_sample(fresh, products=3, sizes=1, quirks=False, kaktus_stock=layout)
+        variant = fresh.kak2c.variants()[0]
+        assert set(variant["stock"][0]) == keys | {"warehouse"}
+        fresh.kak2c.set_stock(variant["barcode"], 9, reserved=4)
+        figures = {"stockTotal": 9, "stockReserved": 4, "stockAvailable": 5}
+        assert variant["stock"] == [{"warehouse": "MSK",
+                                     **{key: figures[key] for key in keys}}]
+    sandbox.fill_sample(box, products=3, sizes=2, quirks=False, kaktus_stock="wiki")
+    item = box.kak2c.variants()[0]
+    assert "stock" not in item and "variants" not in box.kak2c.products[0]
+    assert isinstance(item["id"], str) and item["barcodes"][0]["isDefault"] is True
+    assert item["barcodes"][0]["type"] == "COMMON" and isinstance(item["price"], str)
+    box.kak2c.set_stock(item["barcodes"][0]["value"], 7, reserved=2)
+    assert item["stockAvailable"] == 5 and "stock" not in item
