@@ -30,6 +30,7 @@ import math
 import operator
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -63,6 +64,10 @@ KAKTUS_EXTRA_PAGES = 4       # pages read past recordsTotal's count while the ca
 TOKEN_MARGIN = 120          # renew the Kaktus token this many seconds before its exp
 TOKEN_TTL = 14400           # when neither the JWT's exp nor expires_in can be read
 RATE_WINDOW = 300           # InSales: 500 requests per 5 minutes
+RATE_LIMIT = 500            # until API-Usage-Limit tells this shop's
+KAKTUS_WINDOW = 60          # KAK2C_MAX_RPM counts the requests of any minute
+WATCH_MAX_GAP = 60.0        # a watch is never slower than the once-a-minute cron run
+WARN_EVERY = 3600           # a watch says each distinct data warning at most this often
 MAX_COUNT = 1_000_000_000   # a stock figure above this counts nothing on a shelf
 GUARD_MIN_ZEROED = 10       # the zeroing guard only speaks from this many zeroed variants
 AUTO_INCREMENTAL_PRODUCTS = 12_500  # over 50 pages a full walk costs half the budget a minute
@@ -192,6 +197,8 @@ class Settings:
     lock_file: Path
     mode: str
     full_every: int
+    interval: float             # --watch: seconds between the starts of two syncs
+    max_rpm: int                # --watch: the most Kaktus requests in any minute
     state_file: Path
     max_wait: float
     timeout: float
@@ -263,6 +270,8 @@ SETTINGS = (
     Setting("SYNC_LOCK_FILE", "files/sync_stock.lock", "lock against overlapping runs"),
     Setting("SYNC_MODE", "auto", "full, incremental, or auto (incremental for big shops)"),
     Setting("SYNC_FULL_EVERY", "60", "minutes between full walks in incremental mode"),
+    Setting("SYNC_INTERVAL", "10", "--watch: seconds between the starts of two syncs"),
+    Setting("KAK2C_MAX_RPM", "120", "--watch: the most Kaktus requests in any minute"),
     Setting("SYNC_STATE_FILE", "files/sync_state.json", "state kept between runs"),
     Setting("SYNC_MAX_WAIT", "120", "longest Retry-After, and all usage pacing, in seconds"),
     Setting("SYNC_TIMEOUT", "60", "read timeout of one request, in seconds"),
@@ -341,6 +350,8 @@ def load_settings(values: Mapping) -> Settings:
         lock_file=path("SYNC_LOCK_FILE"),
         mode=mode,
         full_every=number("SYNC_FULL_EVERY", low=1),
+        interval=number("SYNC_INTERVAL", float, low=0.001, high=WATCH_MAX_GAP),
+        max_rpm=number("KAK2C_MAX_RPM", low=1, high=1_000_000),
         state_file=path("SYNC_STATE_FILE"),
         max_wait=number("SYNC_MAX_WAIT", float, high=86_400),
         timeout=number("SYNC_TIMEOUT", float, low=0.1, high=3600),
@@ -1247,46 +1258,51 @@ KAKTUS_SHAPES = ("barcode (text), barcodes (a list of texts, or of objects with 
                 "or code), and the variant id when no variant has either")
 
 
-def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
-    """Say what in the data looks unlike a working setup, naming what to look at.
+def data_warnings(plan: Plan, settings: Settings, strays: list) -> dict:
+    """Say what in the data looks unlike a working setup, naming what to look at: {what it is
+    about: the warning}.
 
     `strays`: the other InSales barcode field's values, where the set one was empty.
     """
-    kaktus, counts, warnings = plan.kaktus, plan.counts, []
+    kaktus, counts, warnings = plan.kaktus, plan.counts, {}
     keys = ", ".join(sorted(map(str, kaktus.first_variant or {}))) or "-"  # one without a barcode
     setting = f"KAK2C_BARCODE_FIELD={settings.kaktus_barcode_field}"
     if kaktus.variants and not kaktus.with_barcode:
-        warnings.append(f"none of the {kaktus.variants} Kaktus variants carries a barcode where "
-                        f"{setting} reads it; keys seen on a variant: {keys}; understood with "
-                        f"auto: {KAKTUS_SHAPES}; or set the one field that holds it")
+        warnings["kaktus barcodes"] = (
+            f"none of the {kaktus.variants} Kaktus variants carries a barcode where "
+            f"{setting} reads it; keys seen on a variant: {keys}; understood with "
+            f"auto: {KAKTUS_SHAPES}; or set the one field that holds it")
     field, other = settings.insales_fields[1:]
     if counts["insales_variants"] and not counts["insales_with_barcode"]:
         hint = ""
         if len(strays) * 2 > counts["insales_variants"]:
             hint = (f"; {other} is filled on {len(strays)} of them (e.g. {str(strays[0])[:40]!r}): "
                     f"if it holds the barcodes, set INSALES_BARCODE_FIELD={other}")
-        warnings.append(f"none of the {counts['insales_variants']} InSales variants has a barcode "
-                        f"in INSALES_BARCODE_FIELD={field}{hint}")
+        warnings["insales barcodes"] = (
+            f"none of the {counts['insales_variants']} InSales variants has a barcode "
+            f"in INSALES_BARCODE_FIELD={field}{hint}")
     if kaktus.unknown * 2 > kaktus.variants:
         unknown = kaktus.first_unknown or {}
         where = "a stock entry" if isinstance(unknown.get("stock"), (list, dict)) else \
             "the variant (it has no stock list)"
         stock_keys = ", ".join(sorted(stock_entry_keys(unknown))) or "-"
         read = "" if settings.stock_rule else f" ({AUTO_STOCK_TEXT})"
-        warnings.append(f"{kaktus.unknown} of {kaktus.variants} Kaktus variants have unknown "
-                        f"stock; check KAK2C_STOCK_FIELD={settings.stock_setting!r}{read} "
-                        f"against the keys seen on {where}: {stock_keys}")
+        warnings["unknown stock"] = (
+            f"{kaktus.unknown} of {kaktus.variants} Kaktus variants have unknown "
+            f"stock; check KAK2C_STOCK_FIELD={settings.stock_setting!r}{read} "
+            f"against the keys seen on {where}: {stock_keys}")
     if counts["matched"] == 0 and plan.unique and kaktus.quantities:
         hint = ""
         if kaktus.barcode_field == "id" and settings.kaktus_barcode_field == "auto":
             hint = (f"; no Kaktus variant has a barcode field, so their ids were taken as "
                     f"barcodes: if the barcodes sit elsewhere, set KAK2C_BARCODE_FIELD to that "
                     f"field (keys seen on a variant: {keys})")
-        warnings.append(f"not one barcode matches: InSales has e.g. {next(iter(plan.unique))!r}, "
-                        f"Kaktus e.g. {next(iter(kaktus.quantities))!r} (both normalised){hint}")
+        warnings["no match"] = (
+            f"not one barcode matches: InSales has e.g. {next(iter(plan.unique))!r}, "
+            f"Kaktus e.g. {next(iter(kaktus.quantities))!r} (both normalised){hint}")
     expired = [(variant, event) for variant, event in plan.events if event.kind == "expired"]
     if expired:
-        warnings.append(
+        warnings["expired holds"] = (
             f"{counts['expired_units']} held units expired in this run before Kaktus' stock fell "
             f"(e.g. barcode {expired[0][0].barcode!r}), so they are on sale again: this Kaktus "
             f"may count orders later than SYNC_HOLD_MINUTES={settings.hold_minutes:g} (at "
@@ -1295,8 +1311,9 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> list:
             "the figure that falls when Kaktus reserves an order")
     sharing = sum(map(len, plan.shared.values()))
     if sharing * 10 > counts["insales_with_barcode"]:
-        warnings.append(f"{sharing} of {counts['insales_with_barcode']} InSales variants share "
-                        "their barcode with another and are never synced; --report PATH lists them")
+        warnings["shared barcodes"] = (
+            f"{sharing} of {counts['insales_with_barcode']} InSales variants share "
+            "their barcode with another and are never synced; --report PATH lists them")
     return warnings
 
 
@@ -1348,10 +1365,23 @@ class Api:
         self.policy = policy
         self.session = make_session(base_url, headers)
         self.session.auth = auth
-        self.requests = 0
+        self.requests = 0                 # sent in this sync
         self.usage: float | None = None   # the last API-Usage-Limit seen, used/limit
-        self.paced = 0.0                  # seconds waited for the usage limit in this run
+        self.limit: int | None = None     # and its limit
+        self.paced = 0.0                  # seconds waited for the usage limit in this sync
+        self.clock: Callable[[], float] = time.monotonic
+        self.sent: deque = deque()        # when the requests of the last RATE_WINDOW were sent
         self._count = threading.Lock()
+
+    def start_sync(self) -> None:
+        """Count a new sync's requests and pacing afresh (a watch runs many)."""
+        self.requests, self.paced = 0, 0.0
+
+    def sent_within(self, window: float) -> list:
+        """When the requests of the last `window` seconds were sent, oldest first."""
+        since = self.clock() - window
+        with self._count:
+            return [at for at in self.sent if at > since]
 
     def request(self, method: str, path: str, give_back: Collection[int] = (),
                 **kwargs) -> Answer:
@@ -1362,6 +1392,10 @@ class Api:
         for attempt in range(1, policy.attempts + 1):
             with self._count:
                 self.requests += 1
+                now = self.clock()
+                self.sent.append(now)
+                while self.sent[0] <= now - RATE_WINDOW:  # the longest window any pace looks at
+                    self.sent.popleft()
             try:
                 response = self.session.request(method, self.base_url + path,
                                                 timeout=self.timeout, stream=True, **kwargs)
@@ -1400,7 +1434,7 @@ class Api:
         if usage is None:
             return
         used, limit = usage
-        self.usage = used / limit
+        self.usage, self.limit = used / limit, limit
         if limit - used > max(5, limit // 50):
             return
         wait = RATE_WINDOW / limit
@@ -1498,8 +1532,10 @@ def is_token_refused(answer: Answer) -> bool:
 class KaktusToken:
     """The cached JWT: log in when it is missing, near its exp, or refused."""
 
-    def __init__(self, api: Api, credentials: bytes, cache: Path):
+    def __init__(self, api: Api, credentials: bytes, cache: Path,
+                 clock: Callable[[], float] = time.time):
         self.api = api
+        self.clock = clock
         self.credentials = credentials
         self.cache = cache
         self.account = hashlib.sha256(api.base_url.encode() + b"\0" + credentials).hexdigest()
@@ -1511,7 +1547,7 @@ class KaktusToken:
         with self.lock:
             if self.value is None:
                 self._load_cache()
-            if self.value is None or self.renew_at <= time.time():
+            if self.value is None or self.renew_at <= self.clock():
                 self._log_in()
             return self.value
 
@@ -1543,8 +1579,9 @@ class KaktusToken:
             if body.get("success") is False:
                 raise UpstreamError(f"Kaktus rejected the credentials{error_detail(answer.body)}")
             raise UpstreamError("Kaktus login answer is malformed: no access_token")
+        self.api.secrets.discard(self.value)  # a watch renews it again and again
         self.api.secrets.add(token)
-        self.value, now = token, time.time()
+        self.value, now = token, self.clock()
         expires_at = token_expiry(token, body.get("expires_in"), now)
         # Renew TOKEN_MARGIN before exp, or a quarter of the lifetime for short-lived tokens.
         self.renew_at = expires_at - min(TOKEN_MARGIN, max(0.0, expires_at - now) / 4)
@@ -1674,23 +1711,30 @@ def walk_insales(api: Api, since: str, from_id: int, progress: Progress,
 
 
 def fetch_insales_catalogue(api: Api, fields: tuple, known: InSalesCatalogue | None,
-                            progress: Progress, stop: threading.Event) -> InSalesCatalogue:
+                            progress: Progress, stop: threading.Event,
+                            now: float) -> InSalesCatalogue:
     """Read the whole catalogue, or (given the last one) only what changed since its cursor.
 
     `fields`: the quantity field, the barcode field and the other one (see
     parse_insales_product). An incremental walk asks for trashed products too, to forget them.
+    `now` dates a full walk.
     """
     if known is None:
-        catalogue = InSalesCatalogue({}, (WALK_START, 0), time.time())
+        catalogue = InSalesCatalogue({}, (WALK_START, 0), now)
         since = WALK_START
     else:
         catalogue, since = known, rewind(known.cursor[0])
-    for page, cursor in walk_insales(api, since, 0, progress, stop,
-                                     with_deleted=known is not None):
-        catalogue.cursor = cursor
-        named = catalogue.skipped  # a cron mail, not a flood: WARN_MOST named one by one
-        for product_id in merge_insales_page(catalogue, page, fields)[:max(0, WARN_MOST - named)]:
-            log.warning("InSales: skipped a malformed product (id %s)", product_id)
+        catalogue.skipped, catalogue.strays = 0, []  # this walk's, not the last one's too
+    try:
+        for page, cursor in walk_insales(api, since, 0, progress, stop,
+                                         with_deleted=known is not None):
+            catalogue.cursor = cursor
+            named = catalogue.skipped  # a cron mail, not a flood: WARN_MOST named one by one
+            for product_id in merge_insales_page(catalogue, page,
+                                                 fields)[:max(0, WARN_MOST - named)]:
+                log.warning("InSales: skipped a malformed product (id %s)", product_id)
+    finally:
+        catalogue.by_product = {}  # only needed while merging: built again by the next walk
     if catalogue.skipped > WARN_MOST:
         log.warning("InSales: %d malformed products skipped in all", catalogue.skipped)
     return catalogue
@@ -1914,17 +1958,18 @@ def write_state(settings: Settings, tracks: dict, read_at: Mapping,
                      json.dumps(state, ensure_ascii=False, separators=(",", ":")))
 
 
-def needs_full_walk(settings: Settings, state: State | None) -> bool:
-    if settings.mode == "full" or state is None or state.catalogue is None:
-        return True
-    if settings.mode == "auto" and state.catalogue.products <= AUTO_INCREMENTAL_PRODUCTS:
-        return True
-    return time.time() - state.catalogue.full_walk_at >= settings.full_every * 60
+def walks_incrementally(settings: Settings, catalogue: InSalesCatalogue, watching: bool) -> bool:
+    """Whether the catalogue is kept between syncs and walked for what changed (SYNC_MODE):
+    `auto` picks it for a big shop, and always in a watch."""
+    return settings.mode == "incremental" or settings.mode == "auto" and (
+        watching or catalogue.products > AUTO_INCREMENTAL_PRODUCTS)
 
 
-def keeps_catalogue(settings: Settings, catalogue: InSalesCatalogue) -> bool:
-    return settings.mode == "incremental" or (
-        settings.mode == "auto" and catalogue.products > AUTO_INCREMENTAL_PRODUCTS)
+def needs_full_walk(settings: Settings, state: State | None, now: float, watching: bool) -> bool:
+    if state is None or state.catalogue is None \
+            or not walks_incrementally(settings, state.catalogue, watching):
+        return True
+    return now - state.catalogue.full_walk_at >= settings.full_every * 60
 
 
 # --- output: dry-run table, report, summary, metrics, health pings ----------------------------
@@ -2026,8 +2071,10 @@ LAST_SUCCESS = "sync_stock_last_success_timestamp_seconds"
 
 
 def format_metrics(shop: str, summary: dict, exit_code: int, now: float,
-                   last_success: float | None, usage: float | None) -> str:
-    """The run's figures in Prometheus' text format, for node_exporter's textfile collector."""
+                   last_success: float | None, usage: float | None,
+                   interval: float | None = None) -> str:
+    """The run's figures in Prometheus' text format, for node_exporter's textfile collector;
+    `interval`: the pace a watch keeps now."""
     label = 'shop="' + shop.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     lines = []
 
@@ -2059,24 +2106,26 @@ def format_metrics(shop: str, summary: dict, exit_code: int, now: float,
     if usage is not None:
         metric("sync_stock_insales_api_usage_ratio", "The last API-Usage-Limit InSales sent, "
                "used/limit.", [("", round(usage, 4))])
+    if interval is not None:
+        metric("sync_stock_interval_seconds", "The seconds a watch now keeps between the starts "
+               "of two syncs.", [("", round(interval, 3))])
     return "\n".join(lines) + "\n"
 
 
-def write_metrics(path: Path, shop: str, summary: dict, exit_code: int,
-                  usage: float | None) -> None:
-    """Rewrite the metrics file atomically; keep the last success from it when this run failed."""
-    now = time.time()
-    last_success = now if exit_code == EXIT_OK else None
-    if last_success is None:
-        try:
-            found = re.search(rf"^{LAST_SUCCESS}{{[^}}]*}} (\S+)$", path.read_text("utf-8"),
-                              re.MULTILINE)
-            last_success = float(found[1]) if found else None
-        except (OSError, ValueError):
-            last_success = None
+def read_last_success(path: Path) -> float | None:
+    """The last success an earlier run wrote into the metrics file, if it did."""
     try:
-        write_atomically(path, format_metrics(shop, summary, exit_code, now, last_success, usage),
-                         mode=0o644)
+        found = re.search(rf"^{LAST_SUCCESS}{{[^}}]*}} (\S+)$", path.read_text("utf-8"),
+                          re.MULTILINE)
+        return float(found[1]) if found else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_metrics(path: Path, text: str) -> None:
+    """Rewrite the metrics file atomically; a disk that fails is logged, never the run's fault."""
+    try:
+        write_atomically(path, text, mode=0o644)
     except OSError as exc:
         log.error("METRICS_FILE %s: cannot write (%s)", path, exc.strerror)
 
@@ -2118,8 +2167,53 @@ def paused_gc() -> Iterator[None]:
         gc.enable()
 
 
-def fetch_catalogues(settings: Settings, insales: Api, kaktus: Api,
-                     known: InSalesCatalogue | None, progress: Progress) -> tuple:
+@dataclass(frozen=True)
+class Job:
+    """A command's settings, the two APIs it talks to and the Kaktus token: one per process."""
+
+    settings: Settings
+    insales: Api
+    kaktus: Api
+    token: KaktusToken
+
+    @property
+    def secrets(self) -> set:
+        """What no output may carry: the passwords, and the token once known."""
+        return self.insales.secrets
+
+    def requests_sent(self) -> dict:
+        return {"insales": self.insales.requests, "kak2c": self.kaktus.requests}
+
+
+def make_job(settings: Settings, sleep: Callable[[float], None],
+             clock: Callable[[], float] = time.time) -> Job:
+    insales, kaktus = make_apis(settings, RetryPolicy(max_wait=settings.max_wait, sleep=sleep))
+    return Job(settings, insales, kaktus,
+               KaktusToken(kaktus, settings.kaktus_credentials, settings.token_file, clock))
+
+
+class Memory:
+    """What a process keeps from one sync to the next: a watch's many, a single run's one."""
+
+    def __init__(self, watching: bool = False, last_success: float | None = None):
+        self.watching = watching
+        self.syncs = 0
+        self.state: State | None = None   # as last kept; None: read SYNC_STATE_FILE
+        self.written: tuple | None = None  # what the state file holds now, in short
+        self.said: dict = {}               # what a log line is about -> when it was said
+        self.last_success = last_success   # for the metrics
+
+    def say(self, level: int, about: str, text: str, now: float) -> None:
+        """Log `text`, unless something `about` the same was said within WARN_EVERY."""
+        said = self.said.get(about)
+        if said is not None and now - said < WARN_EVERY:
+            return
+        self.said[about] = now
+        log.log(level, "%s", text)
+
+
+def fetch_catalogues(job: Job, known: InSalesCatalogue | None, progress: Progress,
+                     now: float) -> tuple:
     """Read both catalogues at once (they are independent); return (InSales, Kaktus index).
 
     The InSales walk runs in a thread of its own, parsing as it goes, while Kaktus pages are
@@ -2127,19 +2221,19 @@ def fetch_catalogues(settings: Settings, insales: Api, kaktus: Api,
     once take turns on the interpreter lock and spoil each other's caches. Either side
     failing stops the other.
     """
-    token = KaktusToken(kaktus, settings.kaktus_credentials, settings.token_file)
+    settings, token, size = job.settings, job.token, job.settings.kaktus_page_size
     stop = threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        reading = pool.submit(fetch_insales_catalogue, insales, settings.insales_fields, known,
-                              progress, stop)
+        reading = pool.submit(fetch_insales_catalogue, job.insales, settings.insales_fields,
+                              known, progress, stop, now)
         reading.add_done_callback(lambda done: done.exception() and stop.set())
         try:
-            fetched = fetch_kaktus_pages(kaktus, token, settings.kaktus_page_size, progress, stop)
+            fetched = fetch_kaktus_pages(job.kaktus, token, size, progress, stop)
         except BaseException:
             stop.set()
             raise
         catalogue = reading.result()  # an InSales failure is the run's failure
-    pages = read_kaktus_pages(more_kaktus_pages(kaktus, token, settings.kaktus_page_size, fetched))
+    pages = read_kaktus_pages(more_kaktus_pages(job.kaktus, token, size, fetched))
     return catalogue, index_kaktus(pages, settings.stock_rule, settings.kaktus_barcode_field)
 
 
@@ -2164,29 +2258,39 @@ def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, writes: Writes
     return tracks
 
 
-def write_state_or_log(settings: Settings, tracks: dict, read_at: Mapping,
-                       catalogue: InSalesCatalogue | None) -> None:
-    """Keep the state; a disk that fails now is logged (the next run starts afresh)."""
+def keep_state(settings: Settings, memory: Memory, state: State) -> None:
+    """Keep the state for the next sync, in memory and in the file; a file that would not
+    change is not written again (a watch's quiet syncs), and a disk that fails now is logged
+    (the next run starts afresh)."""
+    catalogue = state.catalogue
+    written = (state.tracks, state.read_before, catalogue and (
+        catalogue.cursor, catalogue.full_walk_at, len(catalogue.variants)))
+    memory.state = state
+    if written == memory.written:
+        return
     try:
-        write_state(settings, tracks, read_at, catalogue)
+        write_state(settings, state.tracks, state.read_before, catalogue)
+        memory.written = written
     except OSError as exc:  # checked before the first request: the disk changed since
         log.error("SYNC_STATE_FILE %s: cannot write (%s)", settings.state_file, exc.strerror)
+        memory.written = None
 
 
-@paused_gc()
-def run_sync(settings: Settings, options: Options, insales: Api, kaktus: Api,
+def run_sync(job: Job, options: Options, memory: Memory,
              clock: Callable[[], float] = time.time) -> SyncResult:
     """Read both catalogues, plan, guard and write: one whole sync; `clock` dates the holds.
 
-    Every SyncError it lets out carries a result, for main() to summarise.
+    Every SyncError it lets out carries a result, for sync_once to summarise.
     """
-    state = load_state(settings)
-    full = needs_full_walk(settings, state)
+    settings, now = job.settings, clock()
+    state = memory.state if memory.state is not None else load_state(settings)
+    full = memory.watching and memory.syncs == 0 or needs_full_walk(settings, state, now,
+                                                                    memory.watching)
     mode = "full" if full else "incremental"
     progress = Progress(options.progress)
     try:
-        catalogue, index = fetch_catalogues(settings, insales, kaktus,
-                                            None if full else state.catalogue, progress)
+        catalogue, index = fetch_catalogues(job, None if full else state.catalogue, progress,
+                                            now)
     except SyncError as exc:
         exc.result = SyncResult(Status.FAILED, mode)
         raise
@@ -2199,14 +2303,15 @@ def run_sync(settings: Settings, options: Options, insales: Api, kaktus: Api,
     for variant, event in plan.events:
         log.debug("hold %s: barcode %s, variant %s (%s): %d units", event.kind, variant.barcode,
                   variant.id, variant.title[:50], event.units)
-    log.info("Kaktus barcodes read from %s (KAK2C_BARCODE_FIELD=%s)",
-             "the variant ids" if index.barcode_field == "id" else
-             "barcode, barcodes" if index.barcode_field == "barcode" else index.barcode_field,
-             settings.kaktus_barcode_field)
-    log.info("Kaktus variants by the stock figure read (KAK2C_STOCK_FIELD=%s): %s",
-             settings.stock_setting, index.stock_rules_text() or "none")
-    for warning in data_warnings(plan, settings, catalogue.strays):
-        log.warning("%s", warning)
+    where = ("the variant ids" if index.barcode_field == "id" else
+             "barcode, barcodes" if index.barcode_field == "barcode" else index.barcode_field)
+    memory.say(logging.INFO, "barcode field", f"Kaktus barcodes read from {where} "
+               f"(KAK2C_BARCODE_FIELD={settings.kaktus_barcode_field})", now)
+    memory.say(logging.INFO, "stock field", f"Kaktus variants by the stock figure read "
+               f"(KAK2C_STOCK_FIELD={settings.stock_setting}): "
+               f"{index.stock_rules_text() or 'none'}", now)
+    for about, warning in data_warnings(plan, settings, catalogue.strays).items():
+        memory.say(logging.WARNING, about, warning, now)
     result = SyncResult(Status.DRY_RUN, mode, plan.counts,
                         skipped_records=catalogue.skipped + index.skipped,
                         guard=check_guard(plan, settings.guard_zero_share))
@@ -2221,15 +2326,15 @@ def run_sync(settings: Settings, options: Options, insales: Api, kaktus: Api,
         raise GuardRefused(f"safety guard: {result.guard}; nothing written", result)
     if result.guard:
         log.warning("safety guard overridden by --force: %s", result.guard)
-    kept = catalogue if keeps_catalogue(settings, catalogue) else None
+    kept = catalogue if walks_incrementally(settings, catalogue, memory.watching) else None
     # Announce the writes before sending them: a sale is never mistaken for our own write,
     # even one InSales applies late or one of a run killed half-way.
     read_at = {variant.id: variant.updated_at for variant, _ in plan.updates}
-    write_state_or_log(settings, plan.tracks, read_at, kept)
-    writes = apply_plan(insales, plan.updates, settings.quantity_field)
+    keep_state(settings, memory, State(plan.tracks, read_at, kept))
+    writes = apply_plan(job.insales, plan.updates, settings.quantity_field)
     result.updated, result.failed = len(writes.written), len(writes.failed)
     if plan.updates:
-        write_state_or_log(settings, settle_writes(plan, kept, writes), read_at, kept)
+        keep_state(settings, memory, State(settle_writes(plan, kept, writes), read_at, kept))
     write_report_or_log(options.report, report_rows(*inputs),
                         {i: ("update", "write failed") for i in writes.failed})
     if writes.stopped and not writes.written:
@@ -2238,9 +2343,162 @@ def run_sync(settings: Settings, options: Options, insales: Api, kaktus: Api,
     return result
 
 
-def run_check(settings: Settings, insales: Api, kaktus: Api) -> None:
+def sync_once(job: Job, options: Options, memory: Memory,
+              clock: Callable[[], float]) -> SyncResult:
+    """Run one sync with its own request counts; a failure becomes the result it carries."""
+    job.insales.start_sync()
+    job.kaktus.start_sync()
+    try:
+        result = run_sync(job, options, memory, clock)
+    except SyncError as exc:
+        message = redact(str(exc), job.secrets)
+        result = dataclasses.replace(exc.result or SyncResult(), status=exc.status,
+                                     error=message)
+    memory.syncs += 1
+    return result
+
+
+def report_sync(args: argparse.Namespace, job: Job, memory: Memory, result: SyncResult,
+                duration: float, interval: float | None = None) -> None:
+    """A sync's summary line (and JSON line), and its metrics."""
+    settings, code = job.settings, result.status.exit_code
+    summary = make_summary(result, job.requests_sent(), duration)
+    log.info("%s", summary_line(summary))
+    if args.json:
+        print(printable(json.dumps(summary, ensure_ascii=False)), flush=True)
+    if settings.metrics_file and result.status is not Status.SKIPPED:
+        now = time.time()
+        memory.last_success = now if code == EXIT_OK else memory.last_success
+        write_metrics(settings.metrics_file, format_metrics(
+            settings.shop, summary, code, now, memory.last_success, job.insales.usage, interval))
+
+
+def run_once(args: argparse.Namespace, job: Job, options: Options, memory: Memory,
+             clock: Callable[[], float]) -> int:
+    """One sync, as cron runs it: pings around it, its error logged, its summary; the exit code."""
+    started = time.monotonic()
+    ping_healthcheck(job.settings.healthcheck_url, "/start")
+    result = sync_once(job, options, memory, clock)
+    if result.error:
+        log.error("%s", result.error)
+    code = result.status.exit_code
+    ping_healthcheck(job.settings.healthcheck_url, "" if code == EXIT_OK else "/fail")
+    report_sync(args, job, memory, result, time.monotonic() - started)
+    return code
+
+
+def budget_wait(sent: list, window: float, budget: int, need: int, now: float) -> float:
+    """Seconds from `now` until `need` more requests fit `budget` in any `window` seconds,
+    `sent` being when the requests of the last window went, oldest first."""
+    excess = len(sent) + need - budget
+    if excess <= 0 or not sent:
+        return 0.0
+    return max(0.0, sent[min(excess, len(sent)) - 1] + window - now)
+
+
+def watch_pace(job: Job, needs: tuple) -> float:
+    """The seconds between the starts of two syncs that keep `needs` (the InSales and Kaktus
+    requests of a sync) within half the InSales budget and KAK2C_MAX_RPM, from SYNC_INTERVAL
+    to WATCH_MAX_GAP."""
+    settings, (insales, kaktus) = job.settings, needs
+    budget = (job.insales.limit or RATE_LIMIT) // 2
+    return min(WATCH_MAX_GAP, max(settings.interval, insales * RATE_WINDOW / budget,
+                                  kaktus * KAKTUS_WINDOW / settings.max_rpm))
+
+
+def next_wait(job: Job, needs: tuple, started: float, delay: float, now: float) -> float:
+    """How long to wait for the next sync: `delay` after the last one started, longer while
+    the requests of the last minutes leave no room for `needs`, never past WATCH_MAX_GAP."""
+    budget = (job.insales.limit or RATE_LIMIT) // 2
+    wait = max(started + delay - now,
+               budget_wait(job.insales.sent_within(RATE_WINDOW), RATE_WINDOW, budget,
+                           needs[0], now),
+               budget_wait(job.kaktus.sent_within(KAKTUS_WINDOW), KAKTUS_WINDOW,
+                           job.settings.max_rpm, needs[1], now))
+    return max(0.0, min(wait, started + WATCH_MAX_GAP - now))
+
+
+class Spell:
+    """A watch's failures in a row: said once at ERROR when they begin and once at WARNING when
+    they end, pinged /fail once and success at once after; success pings at most a minute."""
+
+    def __init__(self, url: str | None):
+        self.url, self.failures, self.pinged = url, 0, -math.inf
+
+    def follow(self, result: SyncResult, now: float) -> None:
+        if result.status.exit_code != EXIT_OK:
+            why = result.error or f"{result.failed} writes failed (status {result.status.label})"
+            self.failures += 1
+            if self.failures == 1:
+                log.error("%s", why)
+                ping_healthcheck(self.url, "/fail")
+            else:
+                log.info("failed again (%d syncs in a row): %s", self.failures, why)
+            return
+        if self.failures:
+            log.warning("recovered after %d failed syncs", self.failures)
+        if self.failures or now - self.pinged >= 60:
+            ping_healthcheck(self.url)
+            self.pinged = now
+        self.failures = 0
+
+
+WATCH_OPTIONS = Options()
+
+
+def watch(args: argparse.Namespace, job: Job, memory: Memory, clock: Callable[[], float],
+          wait: Callable[[float], bool]) -> int:
+    """Sync again and again until `wait` says stop: each sync a whole run, paced by
+    SYNC_INTERVAL and the budgets, backing off while syncs fail; exit 0."""
+    settings, spell = job.settings, Spell(job.settings.healthcheck_url)
+    job.insales.clock = job.kaktus.clock = clock  # the pace reads when requests went
+    log.info("watching: a sync every %g s (SYNC_INTERVAL) or as the budgets allow",
+             settings.interval)
+    ping_healthcheck(settings.healthcheck_url, "/start")
+    needs, delay = (2, 1), settings.interval  # an incremental walk that finds nothing: 2 pages
+    while True:
+        started = clock()
+        result = sync_once(job, WATCH_OPTIONS, memory, clock)
+        gc.collect()  # this sync's cycles; then what lives on is not scanned again
+        gc.freeze()
+        spell.follow(result, clock())
+        if result.status.exit_code in (EXIT_UPSTREAM, EXIT_REFUSED):
+            delay = min(WATCH_MAX_GAP, 2 * delay)
+        else:
+            # a full walk says little of the next sync's InSales reads: the last incremental does
+            insales = job.insales.requests if result.mode == "incremental" else needs[0]
+            needs = (insales, job.kaktus.requests)
+            delay = watch_pace(job, needs)
+        report_sync(args, job, memory, result, clock() - started, delay)
+        if wait(next_wait(job, needs, started, delay, clock())):
+            break
+    log.info("stopped after %d syncs", memory.syncs)
+    return EXIT_OK
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Yield an event that SIGTERM or SIGINT sets (the sync in progress finishes); a second
+    signal ends the process at once: the state is safe at every point by design."""
+    stop = threading.Event()
+
+    def handle(signum, frame):
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+
+    previous = {number: signal.signal(number, handle)
+                for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def run_check(job: Job) -> None:
     """Log in to both APIs, read one page of each and print what was found; write nothing."""
-    token = KaktusToken(kaktus, settings.kaktus_credentials, settings.token_file)
+    settings, insales, kaktus, token = job.settings, job.insales, job.kaktus, job.token
     count = parse_json(insales.request("GET", "/admin/products/count.json"),
                        "InSales GET /admin/products/count.json", dict).get("count")
     warehouses = parse_json(insales.request("GET", "/admin/warehouses.json"),
@@ -2292,23 +2550,22 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
 
     with sandbox.Sandbox.sample(kaktus_stock="available") as box, \
             tempfile.TemporaryDirectory() as folder:
-        settings = load_settings(box.env(folder))
-        insales, kaktus = make_apis(settings, RetryPolicy(max_wait=settings.max_wait, sleep=sleep))
+        job = make_job(load_settings(box.env(folder)), sleep, box.clock)
         print(f"Demo: InSales sandbox at {box.insales.url}, Kaktus sandbox at {box.kak2c.url}\n")
 
         def step(title: str, dry_run: bool = False) -> None:
             print(f"== {title}")
-            started, sent = time.monotonic(), (insales.requests, kaktus.requests)
-            result = run_sync(settings, Options(dry_run=dry_run, progress=options.progress),
-                              insales, kaktus, box.clock)
+            started = time.monotonic()
+            result = sync_once(job, Options(dry_run=dry_run, progress=options.progress),
+                               Memory(), box.clock)  # each step a cron run of its own
             counts = result.counts
             caught_up = counts["caught_up_after_s"]
             print(f"status={result.status.label} matched={counts['matched']} "
                   f"changed={counts['changed']} updated={result.updated} "
                   f"held_units={counts['held_units']}"
                   + (f" caught_up_after_s={caught_up:g}" if caught_up is not None else "")
-                  + f"; requests: InSales {insales.requests - sent[0]}, Kaktus "
-                  f"{kaktus.requests - sent[1]}; {time.monotonic() - started:.2f} s\n")
+                  + f"; requests: InSales {job.insales.requests}, Kaktus "
+                  f"{job.kaktus.requests}; {time.monotonic() - started:.2f} s\n")
 
         barcode, stock, before = "4600000000994", 5, 3
         variant = box.add_demo_pair(barcode, stock, shown=before)
@@ -2342,14 +2599,15 @@ def parse_args(argv) -> argparse.Namespace:
                          for s in SETTINGS)
     parser = argparse.ArgumentParser(
         prog="sync_stock.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Set every InSales variant's stock to the Kaktus (kak2c.ru) stock of the same "
-                    "barcode, less the sales Kaktus has not seen yet. One run, then exit: put it "
-                    "in a crontab.",
+        description="Set every InSales variant's stock to what Kaktus (kak2c.ru) can sell of the "
+                    "same barcode, less the sales Kaktus has not seen yet. One run, then exit: put "
+                    "it in a crontab; or --watch: sync every few seconds until stopped.",
         epilog="settings, from the environment and .env (see .env.example and README.md):\n"
                + settings)
     parser.add_argument("--dry-run", action="store_true", help="plan and print, write nothing")
     parser.add_argument("--env-file", metavar="PATH", help="settings file instead of ./.env")
-    parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print the run summary as JSON (with --watch: a line per sync)")
     parser.add_argument("--report", metavar="PATH", help="write a CSV row per barcode seen")
     parser.add_argument("--force", action="store_true", help="write even if the guard refuses")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -2358,99 +2616,81 @@ def parse_args(argv) -> argparse.Namespace:
                         help="log in to both APIs, read one page of each, print what was found")
     parser.add_argument("--demo", action="store_true",
                         help="dry run and real sync against the bundled local sandbox")
+    parser.add_argument("--watch", action="store_true",
+                        help="keep syncing, one sync every SYNC_INTERVAL seconds, until stopped")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    clashing = [flag for flag, given in (("--dry-run", args.dry_run), ("--force", args.force),
+                                         ("--report", args.report), ("--check", args.check),
+                                         ("--demo", args.demo)) if given]
+    if args.watch and clashing:
+        parser.error(f"--watch cannot go with {', '.join(clashing)}")
+    return args
 
 
-@dataclass(frozen=True)
-class Job:
-    """A command's settings and the two APIs it talks to."""
-
-    settings: Settings
-    insales: Api
-    kaktus: Api
-
-    @property
-    def secrets(self) -> set:
-        """What no output may carry: the passwords, and the token once known."""
-        return self.insales.secrets
-
-    def requests_sent(self) -> dict:
-        return {"insales": self.insales.requests, "kak2c": self.kaktus.requests}
-
-
-def open_job(args: argparse.Namespace, sleep: Callable[[float], None]) -> Job:
+def open_job(args: argparse.Namespace, sleep: Callable[[float], None],
+             clock: Callable[[], float]) -> Job:
     """Read the settings, open the log file, check the files a run writes; send nothing."""
     settings = load_settings(load_environment(args.env_file))
     if settings.log_file:
         add_log_file(settings.log_file, args.verbose > 0)
     check_writable("KAK2C_TOKEN_FILE", settings.token_file)
     check_writable("SYNC_STATE_FILE", settings.state_file)
-    return Job(settings, *make_apis(settings, RetryPolicy(max_wait=settings.max_wait,
-                                                          sleep=sleep)))
+    return make_job(settings, sleep, clock)
 
 
-def dispatch(args: argparse.Namespace, job: Job | None, sleep: Callable[[float], None],
-             clock: Callable[[], float]) -> SyncResult | None:
-    """Do what the command line asks: the demo, a check, or one sync under the lock; return
-    the sync's result (None for the demo and a check, which have no summary)."""
-    options = Options(dry_run=args.dry_run, force=args.force,
-                      report=Path(args.report) if args.report else None,
-                      plan_to_stderr=args.json, progress=sys.stderr.isatty() and not args.quiet)
-    if args.demo:
-        run_demo(options, sleep)
-        return None
+def dispatch(args: argparse.Namespace, job: Job, sleep: Callable[[float], None],
+             clock: Callable[[], float], wait: Callable[[float], bool] | None) -> int:
+    """Do what the command line asks under the lock: a check, one sync, or a watch; the exit
+    code."""
     with hold_lock(job.settings.lock_file) as locked:
-        if not locked:
+        if not locked:  # a run or a watch is at work: cron's minute passes quietly
             log.info("another run holds %s; skipped", job.settings.lock_file)
-            return SyncResult(Status.SKIPPED)
+            report_sync(args, job, Memory(), SyncResult(Status.SKIPPED), 0.0)
+            return EXIT_OK
         if args.check:
-            run_check(job.settings, job.insales, job.kaktus)
-            return None
-        ping_healthcheck(job.settings.healthcheck_url, "/start")
-        return run_sync(job.settings, options, job.insales, job.kaktus, clock)
-
-
-def close_run(args: argparse.Namespace, job: Job, result: SyncResult, duration: float) -> None:
-    """Close a sync: its closing ping, its summary line (and JSON), its metrics."""
-    settings, code = job.settings, result.status.exit_code
-    if result.status is not Status.SKIPPED:  # a run that did not start pings nothing
-        ping_healthcheck(settings.healthcheck_url, "" if code == EXIT_OK else "/fail")
-    summary = make_summary(result, job.requests_sent(), duration)
-    log.info("%s", summary_line(summary))
-    if args.json:
-        print(printable(json.dumps(summary, ensure_ascii=False)))
-    if settings.metrics_file and result.status is not Status.SKIPPED:
-        write_metrics(settings.metrics_file, settings.shop, summary, code, job.insales.usage)
+            run_check(job)
+            return EXIT_OK
+        metrics = job.settings.metrics_file
+        memory = Memory(args.watch, read_last_success(metrics) if metrics else None)
+        if not args.watch:
+            options = Options(report=Path(args.report) if args.report else None,
+                              dry_run=args.dry_run, force=args.force, plan_to_stderr=args.json,
+                              progress=sys.stderr.isatty() and not args.quiet)
+            return run_once(args, job, options, memory, clock)
+        if wait is not None:
+            return watch(args, job, memory, clock, wait)
+        with stop_on_signals() as stop:
+            return watch(args, job, memory, clock, stop.wait)
 
 
 def main(argv=None, sleep: Callable[[float], None] = time.sleep,
-         clock: Callable[[], float] = time.time) -> int:
-    """Run the command line; the one place that turns results and errors into exit codes.
+         clock: Callable[[], float] = time.time,
+         wait: Callable[[float], bool] | None = None) -> int:
+    """Run the command line; the one place that turns errors into exit codes.
 
-    `sleep` is every wait of the retry policy, `clock` the time that dates and expires holds:
-    tests pass their own to run in simulated time.
+    `sleep` is every wait of the retry policy, `clock` the time that dates and expires holds
+    and paces a watch, `wait(seconds)` a watch's wait between syncs, True to stop (by default
+    the wait that SIGTERM and SIGINT end): tests pass their own to run in simulated time.
     """
     args = parse_args(argv)
     configure_logging(args.verbose - args.quiet)
-    started, job = time.monotonic(), None
+    job = None
     try:
-        job = None if args.demo else open_job(args, sleep)
-        result = dispatch(args, job, sleep, clock)
-    except SyncError as exc:
+        with paused_gc():
+            if args.demo:
+                run_demo(Options(progress=sys.stderr.isatty() and not args.quiet), sleep)
+                return EXIT_OK
+            job = open_job(args, sleep, clock)
+            return dispatch(args, job, sleep, clock, wait)
+    except SyncError as exc:  # no sync began: a configuration error, a failed --check
         message = redact(str(exc), job.secrets if job else ())
         log.error("configuration error: %s" if exc.exit_code == EXIT_CONFIG else "%s", message)
-        if exc.result is None or job is None:  # no sync's summary to give
-            return exc.exit_code
-        result = dataclasses.replace(exc.result, status=exc.status, error=message)
+        return exc.exit_code
     except BaseException:
         if job is not None:  # a bug: the monitor hears of it too, and the traceback shows
             ping_healthcheck(job.settings.healthcheck_url, "/fail")
         raise
-    if result is None:
-        return EXIT_OK
-    close_run(args, job, result, time.monotonic() - started)
-    return result.status.exit_code
 
 
 if __name__ == "__main__":

@@ -80,6 +80,61 @@ def run(box, env, tmp_path, monkeypatch, capsys):
     return run
 
 
+class Watched(NamedTuple):
+    code: int
+    summaries: list  # the JSON line of every sync, in order
+    err: str
+    waits: list      # what the watch waited between its syncs
+    sleeps: list     # what the retry policy would have slept
+
+
+@pytest.fixture
+def watch(box, env, tmp_path, monkeypatch, capsys):
+    """Run sync_stock.main(--watch --json ...) in-process for `syncs` syncs, in simulated time:
+    each wait between two syncs moves the sandbox's clock and calls `between(number of syncs
+    done)`; extra settings as keyword arguments."""
+    env_file = tmp_path / "test.env"
+    env_file.write_text("")
+
+    def watch(*args, syncs=3, between=None, **settings) -> Watched:
+        for key, value in settings.items():
+            monkeypatch.setenv(key, str(value))
+        waits, sleeps = [], []
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            box.advance(seconds)
+
+        def wait(seconds: float) -> bool:
+            waits.append(seconds)
+            box.advance(seconds)
+            if between is not None:
+                between(len(waits))
+            return len(waits) >= syncs
+
+        code = sync_stock.main(["--env-file", str(env_file), "--json", "--watch", *args],
+                               sleep=sleep, clock=box.clock, wait=wait)
+        captured = capsys.readouterr()
+        summaries = [json.loads(line) for line in captured.out.splitlines()
+                     if line.startswith("{")]
+        return Watched(code, summaries, captured.err, waits, sleeps)
+
+    return watch
+
+
+class Monitor(sandbox.Emulator):
+    """A healthchecks.io-style endpoint that records its pings."""
+
+    def handle(self, request):
+        return 200, {"Content-Type": "text/plain"}, "OK"
+
+
+def start_monitor() -> Monitor:
+    endpoint = Monitor(sandbox.Clock())
+    endpoint.start()
+    return endpoint
+
+
 def add_pair(box, barcode, shop_qty, stock, shape="variants", **shop_fields) -> int:
     """Add one InSales variant and its Kaktus twin; return the InSales variant id."""
     product = box.insales.add_product(f"Product {barcode}", [

@@ -11,22 +11,9 @@ import pytest
 
 import sandbox
 import sync_stock
-from conftest import ROOT, add_pair, warnings_of, writes
+from conftest import ROOT, add_pair, start_monitor, warnings_of, writes
 
 ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
-
-
-class Monitor(sandbox.Emulator):
-    """A healthchecks.io-style endpoint that records its pings."""
-
-    def handle(self, request):
-        return 200, {"Content-Type": "text/plain"}, "OK"
-
-
-def monitor():
-    endpoint = Monitor(sandbox.Clock())
-    endpoint.start()
-    return endpoint
 
 
 def test_report_has_a_row_per_barcode_with_action_and_reason(box, run, tmp_path):
@@ -88,7 +75,7 @@ def test_log_file_has_iso_timestamps_and_the_summary_line(box, run, tmp_path):
 
 def test_health_pings_follow_the_outcome(box, run):
     """Pings /start then the URL on success, /start then /fail on failure and on refusal."""
-    endpoint = monitor()
+    endpoint = start_monitor()
     try:
         add_pair(box, "H1", 0, 1)
         assert run(HEALTHCHECK_URL=endpoint.url + "/uuid").code == 0
@@ -102,7 +89,7 @@ def test_health_pings_follow_the_outcome(box, run):
 
 def test_a_dead_monitor_never_fails_the_sync(box, run):
     """An unreachable HEALTHCHECK_URL is logged and the sync still succeeds."""
-    endpoint = monitor()
+    endpoint = start_monitor()
     endpoint.stop()
     add_pair(box, "H2", 0, 1)
     result = run(HEALTHCHECK_URL=endpoint.url)
@@ -326,7 +313,7 @@ def test_no_metrics_for_a_run_that_did_not_get_past_the_lock(box, run, env, tmp_
 
 def test_a_config_error_pings_nothing(box, run, tmp_path):
     """Exit 2 sends nothing at all, monitor included: no /start without its closing ping."""
-    endpoint = monitor()
+    endpoint = start_monitor()
     try:
         blocker = tmp_path / "not-a-folder"
         blocker.write_text("")
@@ -339,7 +326,7 @@ def test_a_config_error_pings_nothing(box, run, tmp_path):
 
 def test_a_refused_plan_pings_fail(box, run):
     """Exit 4 (the guard) closes with /fail after /start."""
-    endpoint = monitor()
+    endpoint = start_monitor()
     try:
         for n in range(12):
             add_pair(box, f"G{n:02d}", 5, 0)
