@@ -32,6 +32,7 @@ import itertools
 import json
 import math
 import os
+import random
 import sqlite3
 import statistics
 import subprocess
@@ -356,6 +357,167 @@ def scenario_budget(products: int, sizes: int, folder: str, runs: int = 30) -> d
     return row(f"budget, {runs} min", summary, f"{totals['writes']} variants", note=note)
 
 
+class Watch:
+    """sync_stock.py --watch in a child process; its JSON lines as they come, with the time."""
+
+    def __init__(self, env: dict, **settings):
+        empty = Path(env["SYNC_LOCK_FILE"]).with_name("empty.env")
+        empty.write_text("")
+        self.child = subprocess.Popen(
+            [sys.executable, str(ROOT / "sync_stock.py"), "--env-file", str(empty), "--json",
+             "-q", "--watch"], env={**os.environ, **env, **settings},
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.lines: list = []  # (time.time(), summary)
+        self.synced = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.child.stdout:
+            with self.synced:
+                self.lines.append((time.time(), json.loads(line)))
+                self.synced.notify_all()
+
+    def wait_for(self, syncs: int, timeout: float = 600) -> None:
+        with self.synced:
+            if not self.synced.wait_for(lambda: len(self.lines) >= syncs, timeout):
+                raise SystemExit(f"the watch made {len(self.lines)} syncs, not {syncs}")
+
+    def cpu(self) -> float:
+        """The child's CPU seconds so far (user + system)."""
+        fields = Path(f"/proc/{self.child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.child.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmRSS:"))) / 1024
+
+    def stop(self) -> None:
+        self.child.terminate()
+        self.child.wait(timeout=120)
+
+
+def percentiles(values: list) -> tuple:
+    """The 50th and 95th percentiles."""
+    cuts = statistics.quantiles(values, n=20, method="inclusive")
+    return cuts[9], cuts[18]
+
+
+def scenario_staleness(products: int, sizes: int, folder: str, seconds: float) -> dict:
+    """A watch at the default pace, 150 ms a request, Kaktus figures moving at random: how long
+    a change takes to reach InSales; and the once-a-minute run's figure on the same shop."""
+    rng = random.Random(5)
+    with sandbox.Sandbox.sample(products=products, sizes=sizes, quirks=False, differ=0) as box:
+        env = {**box.env(folder), "SYNC_STATE_FILE": f"{folder}/stale_state.json"}
+        box.insales.latency = box.kak2c.latency = LATENCY
+        by_barcode = {v["barcode"]: v["id"] for v in box.insales.all_variants()}
+        kaktus = box.kak2c.variants()
+        watcher = Watch(env)
+        try:
+            watcher.wait_for(1)
+            started, changes = time.time(), []
+            while time.time() - started < seconds:
+                time.sleep(rng.expovariate(1 / 1.5))
+                variant = rng.choice(kaktus)
+                stock = max(0, variant["stock"][0]["stockTotal"] + rng.choice((-2, -1, 1, 3)))
+                box.kak2c.set_stock(variant["barcode"], stock)
+                changes.append((time.time(), by_barcode[variant["barcode"]], stock))
+            time.sleep(15)  # the last changes land
+            ended = time.time()
+        finally:
+            watcher.stop()
+        stale = staleness(changes, box.insales.calls("PUT"))
+        minutes = (ended - started) / 60
+        rates = [sum(started <= c["at"] < ended for c in api.log) / minutes
+                 for api in (box.insales, box.kak2c)]
+        # The once-a-minute run on the same shop: a change waits for the next minute's start
+        # (the sandbox's clock plays the minute), then for the run to write it.
+        box.insales.latency = box.kak2c.latency = LATENCY
+        box.kak2c.set_stock(kaktus[0]["barcode"], kaktus[0]["stock"][0]["stockTotal"] + 1)
+        box.insales.log.clear()
+        run_started = time.time()
+        run_client(env)
+        write = box.insales.calls("PUT")[0]["at"] - run_started
+        minute = [60 * math.ceil(t / 60) - t + write for t in (rng.uniform(0, 3600)
+                                                               for _ in range(1000))]
+    watch_p50, watch_p95 = percentiles(stale)
+    cron_p50, cron_p95 = percentiles(minute)
+    note = (f"{products * sizes} variants, SYNC_INTERVAL=10 (default), {len(stale)} Kaktus "
+            f"changes over {minutes:.1f} min: a change reached InSales in {watch_p50:.1f} s "
+            f"(p50), {watch_p95:.1f} s (p95); the once-a-minute run {cron_p50:.1f} s (p50), "
+            f"{cron_p95:.1f} s (p95), its write landing {write:.2f} s after it starts; the "
+            f"watch sent {rates[0]:.1f} InSales and {rates[1]:.1f} Kaktus requests a minute")
+    summary = {"requests": {"insales": round(rates[0], 1), "kak2c": round(rates[1], 1)},
+               "duration_s": None}
+    return row("watch staleness", summary, "per minute", note=note)
+
+
+def staleness(changes: list, puts: list) -> list:
+    """Seconds from each Kaktus change to the write that put its figure in InSales; a change
+    overtaken by the next one on the same variant before it landed is not counted."""
+    landed = [(call["at"], item["id"], item["quantity"]) for call in puts
+              for item in json.loads(call["body"])["variants"]]
+    result = []
+    for number, (at, variant, stock) in enumerate(changes):
+        overtaken = next((t for t, v, _ in changes[number + 1:] if v == variant), math.inf)
+        write = next((t for t, v, q in landed if v == variant and q == stock and at <= t),
+                     math.inf)
+        if write < overtaken:
+            result.append(write - at)
+    return result
+
+
+def scenario_watch_cpu(products: int, sizes: int, folder: str, syncs: int) -> dict:
+    """A watch of a big shop in steady state, its syncs back to back: CPU per sync, and the
+    share of one core at the pace it keeps by default (the Kaktus pages at KAK2C_MAX_RPM=120)."""
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "sandbox.py"), "--products", str(products),
+         "--sizes", str(sizes), "--plain", "--rate-limit", "1000000"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        env = json.loads(server.stdout.readline())
+        env.update(KAK2C_TOKEN_FILE=f"{folder}/cpu_token", SYNC_LOCK_FILE=f"{folder}/cpu.lock",
+                   SYNC_STATE_FILE=f"{folder}/cpu_state.json")
+        watcher = Watch(env, SYNC_INTERVAL="0.001", KAK2C_MAX_RPM="1000000")
+        try:
+            watcher.wait_for(2)  # the full walk, and the first write of what differed
+            cpu, since = watcher.cpu(), time.time()
+            watcher.wait_for(2 + syncs)
+            per_sync = (watcher.cpu() - cpu) / syncs
+            wall = (time.time() - since) / syncs
+            last = watcher.lines[-1][1]
+        finally:
+            watcher.stop()
+    finally:
+        server.terminate()
+        server.wait()
+    pages = last["requests"]["kak2c"]
+    pace = min(60.0, max(10.0, pages * 60 / 120))
+    note = (f"{products * sizes} variants, {pages} Kaktus pages a sync: {per_sync:.2f} s CPU a "
+            f"sync back to back ({wall:.2f} s wall); at its default pace of a sync every "
+            f"{pace:.0f} s, {per_sync / pace:.1%} of one core")
+    summary = {"requests": last["requests"], "duration_s": wall}
+    return row(f"watch CPU, {products * sizes // 1000}k", summary, "steady state", note=note)
+
+
+def scenario_watch_memory(folder: str, counts: tuple) -> dict:
+    """A small shop watched back to back: the process's RSS after each count of syncs."""
+    with sandbox.Sandbox.sample(products=50, sizes=2, quirks=False) as box:
+        box.insales.rate_limit = 10**6
+        env = {**box.env(folder), "SYNC_STATE_FILE": f"{folder}/memory_state.json"}
+        watcher = Watch(env, SYNC_INTERVAL="0.001", KAK2C_MAX_RPM="1000000")
+        try:
+            rss = []
+            for count in counts:
+                watcher.wait_for(count)
+                rss.append(watcher.rss_mb())
+        finally:
+            watcher.stop()
+    note = ", ".join(f"after {count} syncs {mb:.1f} MB" for count, mb in zip(counts, rss))
+    return row("watch memory", {"requests": {"insales": "-", "kak2c": "-"}, "duration_s": None},
+               "RSS", note=f"100 variants, syncs back to back: {note}")
+
+
 def print_table(rows: list) -> None:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
@@ -387,7 +549,11 @@ def main() -> None:
             print_table([scale])
             return
         mine, naive = scenario_latency(*((300, 2) if args.quick else (2_500, 4)), folder)
-        rows = [mine, naive, scale, scenario_budget(*big, folder, runs=5 if args.quick else 30)]
+        rows = [mine, naive, scale, scenario_budget(*big, folder, runs=5 if args.quick else 30),
+                scenario_staleness(250, 4, folder, seconds=12 if args.quick else 240)]
+        rows += [scenario_watch_cpu(products, 4, folder, syncs=2 if args.quick else 3)
+                 for products in ((2_500,) if args.quick else (2_500, 25_000))]
+        rows.append(scenario_watch_memory(folder, (10, 100) if args.quick else (10, 1000)))
     print_table(rows)
     ours, theirs = rows[0], rows[1]
     print(f"- ours / naive: requests {ours['insales'] + ours['kak2c']} / "

@@ -339,34 +339,42 @@ def test_a_refused_plan_pings_fail(box, run):
 # --- systemd units ----------------------------------------------------------------------------
 
 def readme_units():
-    """The two unit files the README shows, in order: the service, then the timer."""
+    """The unit files the README shows, in order: the service, the timer, the watch's service."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```ini\n(.*?)```", text.split("<!-- units:", 1)[1], re.DOTALL)
-    return blocks[:2]
+    return blocks[:3]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_readme_systemd_units_verify(tmp_path):
     """The README's sync-stock@.service and .timer pass systemd-analyze verify as shop-a."""
-    service, timer = readme_units()
+    service, timer, watch = readme_units()
     assert "Type=oneshot" in service and "OnCalendar=minutely" in timer
-    service = service.replace("/opt/sync_stock/.venv/bin/python", sys.executable)
-    service = service.replace("/opt/sync_stock", str(ROOT))
-    (tmp_path / "sync-stock@shop-a.service").write_text(service)
-    (tmp_path / "sync-stock@shop-a.timer").write_text(timer)
+    assert "Type=simple" in watch
+    for name, unit in (("sync-stock@shop-a.service", service), ("sync-stock@shop-a.timer", timer),
+                       ("sync-stock-watch@shop-a.service", watch)):
+        unit = unit.replace("/opt/sync_stock/.venv/bin/python", sys.executable)
+        (tmp_path / name).write_text(unit.replace("/opt/sync_stock", str(ROOT)))
     checked = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", "sync-stock@shop-a.service",
-         "sync-stock@shop-a.timer"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+         "sync-stock@shop-a.timer", "sync-stock-watch@shop-a.service"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr
     assert checked.stderr.strip() == ""
 
 
 def test_readme_units_carry_what_a_shop_instance_needs():
-    """The service runs -q with the instance's env file, sandboxed, files/ writable."""
-    service, timer = readme_units()
+    """The service runs -q with the instance's env file, sandboxed, files/ writable; the watch's
+    restarts, and leaves a stop time for the sync in progress to finish."""
+    service, timer, watch = readme_units()
     for line in ("Type=oneshot", "--env-file /etc/sync-stock/%i.env", " -q ", "User=",
                  "NoNewPrivileges=yes", "ProtectSystem=strict",
                  "ReadWritePaths=/opt/sync_stock/files", "TimeoutStartSec="):
         assert line in service
     for line in ("OnCalendar=minutely", "AccuracySec=1s", "Persistent=false"):
         assert line in timer
+    for line in ("Type=simple", " --watch ", "--env-file /etc/sync-stock/%i.env", "Restart=always",
+                 "RestartSec=5", "TimeoutStopSec=", "User=", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "ReadWritePaths=/opt/sync_stock/files",
+                 "WantedBy=multi-user.target"):
+        assert line in watch
