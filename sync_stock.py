@@ -127,7 +127,7 @@ class ConfigError(SyncError):
 
 
 class UpstreamError(SyncError):
-    exit_code = EXIT_UPSTREAM
+    """An API failed: unreachable after the retries, a rejected login, a malformed answer."""
 
 
 class GuardRefused(SyncError):
@@ -939,7 +939,7 @@ def index_kaktus(pages: Iterable[list], rule: StockRule | None,
     by_id: dict | None = {} if barcode_field == "auto" else None
     by_id_twice: set = set()
     variants = without_barcode = with_id = 0  # locals: the loop runs 100,000 times
-    rules = index.stock_rules
+    rules = []  # each variant's stock rule, counted at C speed once the loop is done
     for products in pages:
         for product in products:
             if not isinstance(product, dict):
@@ -951,7 +951,7 @@ def index_kaktus(pages: Iterable[list], rule: StockRule | None,
                     continue
                 variants += 1
                 quantity, rule_name = parse_stock(variant, rule)
-                rules[rule_name] += 1
+                rules.append(rule_name)
                 if quantity is None:
                     index.unknown += 1
                     index.first_unknown = index.first_unknown or variant
@@ -974,6 +974,7 @@ def index_kaktus(pages: Iterable[list], rule: StockRule | None,
     if by_id:  # not one barcode field anywhere: the ids are the barcodes
         index.quantities, index.duplicates, index.barcode_field = by_id, by_id_twice, "id"
         index.with_barcode = with_id
+    index.stock_rules.update(rules)
     for barcode in index.duplicates:
         index.quantities.pop(barcode, None)
     return index
@@ -992,6 +993,11 @@ class Track(NamedTuple):
     announced: int   # R: what it wrote or announced it would write there, or S
     stock: int       # the Kaktus stock it read
     holds: tuple     # ((units, seen at), ...), oldest first: sales Kaktus has not seen yet
+
+
+def held_units(holds: Iterable) -> int:
+    """How many units `holds` ((units, seen at), ...) keep back."""
+    return sum(units for units, _ in holds)
 
 
 class HoldEvent(NamedTuple):
@@ -1019,7 +1025,7 @@ def follow_holds(track: Track | None, quantity: int, stock: int, moved: bool, no
         return (), ()
     holds = [hold for hold in track.holds if now - hold[1] < window]
     events = []
-    expired = sum(units for units, _ in track.holds) - sum(units for units, _ in holds)
+    expired = held_units(track.holds) - held_units(holds)
     if expired:
         events.append(HoldEvent("expired", expired))
     seen, announced = track.seen, track.announced
@@ -1053,6 +1059,27 @@ def _release(holds: list, units: int, newest_first: bool) -> int:
     return released
 
 
+def has_moved(variant: Variant, track: Track | None, read_at: Mapping) -> bool:
+    """Whether the variant's product changed since the last run read it (T' is not T), where
+    that tells a sale from our own write not landed yet: the last run wrote there, unconfirmed.
+    `read_at`: by variant id, the updated_at its product was read with."""
+    return track is not None and track.announced != track.seen \
+        and read_at.get(variant.id) != variant.updated_at
+
+
+def settle_tracks(tracks: dict, refused: Collection[int], confirmed: Collection[int]) -> dict:
+    """The tracks after the writes that announced them (R) were sent: a write InSales refused,
+    or never sent, was not made (R = S again); one it confirmed with "ok" shows in InSales now
+    (S = R); one queued, or of a call that failed for good, stays announced, and the next run
+    tells by the quantity and has_moved()."""
+    tracks = dict(tracks)
+    for variant_id in tracks.keys() & refused:
+        tracks[variant_id] = tracks[variant_id]._replace(announced=tracks[variant_id].seen)
+    for variant_id in tracks.keys() & confirmed:
+        tracks[variant_id] = tracks[variant_id]._replace(seen=tracks[variant_id].announced)
+    return tracks
+
+
 # --- the pure core: one decision per barcode, the plan, the guard -----------------------------
 
 class Rules(NamedTuple):
@@ -1084,25 +1111,22 @@ UNKNOWN_STOCK = Decision("unknown", "skip", "unknown stock")
 MISSING = object()
 
 
-def decide(variant: Variant, kaktus: KaktusIndex, track: Track | None, now: float,
-           rules: Rules, moved: bool = False) -> Decision:
-    """Decide what to do with a variant whose barcode no other InSales variant holds.
+def decide(quantity: int | None, stock: int | None, track: Track | None, moved: bool,
+           now: float, rules: Rules) -> Decision:
+    """Decide a barcode that one InSales variant and one Kaktus variant hold, from all it
+    depends on: the InSales `quantity`, the Kaktus `stock` (None: unknown), the last run's
+    `track`, whether the product `moved` (see has_moved); `now` and `rules` are the run's.
 
-    The rules, in order: a barcode Kaktus holds twice, or not at all, or with unknown stock is
-    skipped; otherwise publish max(0, Kaktus stock - held - buffer), an update where InSales
-    shows another figure. `moved`: see has_moved().
+    Unknown stock is skipped; otherwise publish max(0, Kaktus stock - held - buffer), an update
+    where InSales shows another figure.
     """
-    stock = kaktus.quantities.get(variant.barcode, MISSING)
-    if stock is MISSING:
-        return DUPLICATE_IN_KAKTUS if variant.barcode in kaktus.duplicates else NOT_IN_KAKTUS
     if stock is None:
         return UNKNOWN_STOCK
-    quantity = variant.quantity
     if quantity is None:  # unreadable in InSales: Kaktus' figure, nothing to follow
         publish = max(0, stock - rules.buffer)
         return Decision("update", "update", "stock differs", publish)
     holds, events = follow_holds(track, quantity, stock, moved, now, rules.hold_window)
-    publish = max(0, stock - sum(units for units, _ in holds) - rules.buffer)
+    publish = max(0, stock - held_units(holds) - rules.buffer)
     rule, action = ("same", "unchanged") if publish == quantity else ("update", "update")
     if holds:
         reason = f"held: sale in flight ({hold_text(holds, rules)})"
@@ -1113,17 +1137,33 @@ def decide(variant: Variant, kaktus: KaktusIndex, track: Track | None, now: floa
                     events)
 
 
-def has_moved(variant: Variant, track: Track | None, read_before: Mapping) -> bool:
-    """Whether the variant's product changed since the last run read it, where that tells a
-    sale from our own write not landed yet (the last run wrote there, unconfirmed)."""
-    return track is not None and track.announced != track.seen \
-        and read_before.get(variant.id) != variant.updated_at
+def decide_unique(unique: dict, kaktus: KaktusIndex, previous: Mapping, now: float,
+                  rules: Rules, read_at: Mapping) -> Iterator[tuple]:
+    """Yield (Variant, Decision) for every barcode one InSales variant holds, in the
+    catalogue's own order (walking a set of barcodes instead jumps around memory, which at
+    100,000 variants costs more than the whole loop).
+
+    A barcode Kaktus holds twice or not at all is skipped; the others are decide()d, each
+    answer looked up by decide()'s own inputs: a catalogue has few distinct ones.
+    """
+    quantities, duplicates, table = kaktus.quantities, kaktus.duplicates, {}
+    for variant in unique.values():
+        stock = quantities.get(variant.barcode, MISSING)
+        if stock is MISSING:
+            yield variant, DUPLICATE_IN_KAKTUS if variant.barcode in duplicates else NOT_IN_KAKTUS
+            continue
+        track = previous.get(variant.id)
+        key = (variant.quantity, stock, track, has_moved(variant, track, read_at))
+        decision = table.get(key)
+        if decision is None:
+            decision = table[key] = decide(*key, now, rules)
+        yield variant, decision
 
 
 def hold_text(holds: tuple, rules: Rules) -> str:
     """'2 until 13:04': the units held and when the last of them expires, local time."""
     until = datetime.fromtimestamp(max(at for _, at in holds) + rules.hold_window)
-    return f"{sum(units for units, _ in holds)} until {until:%H:%M}"
+    return f"{held_units(holds)} until {until:%H:%M}"
 
 
 @dataclass
@@ -1158,32 +1198,17 @@ def split_duplicates(variants: Collection[Variant]) -> tuple:
 
 
 def plan_updates(variants: Collection[Variant], kaktus: KaktusIndex, previous: dict | None = None,
-                 now: float = 0.0, rules: Rules = PLAIN, read_before: dict | None = None) -> Plan:
+                 now: float = 0.0, rules: Rules = PLAIN, read_at: dict | None = None) -> Plan:
     """Join both sides by barcode, decide every barcode, and plan the writes.
 
-    `previous`: the last run's Track by variant id; `read_before`: by variant id, the
-    updated_at its product was read with, where that run announced a write (see has_moved).
+    `previous`: the last run's Track by variant id; `read_at`: by variant id, the updated_at
+    its product was read with, where that run announced a write (see has_moved).
     """
-    previous, read_before = previous or {}, read_before or {}
     unique, shared, coded = split_duplicates(variants)
     tally = dict.fromkeys(("update", "same", "unknown", "not_in_kak2c", "duplicate_kak2c"), 0)
     updates, tracks, held, events, stocked, zeroed = [], {}, [], [], 0, 0
-    quantities = kaktus.quantities
-    # Within a run, decide() of a variant with a known stock depends on (quantity, stock,
-    # track, moved) alone, and a catalogue has few such keys: look its answer up rather than
-    # decide it again for each of 100,000 variants.
-    table: dict = {}
-    # One pass in the catalogue's own order: walking a set of barcodes instead jumps around
-    # memory, which at 100,000 variants costs more than this whole loop.
-    for variant in unique.values():
-        track, stock = previous.get(variant.id), quantities.get(variant.barcode)
-        moved = has_moved(variant, track, read_before)
-        key = (variant.quantity, stock, track, moved)
-        decision = table.get(key)
-        if decision is None:
-            decision = decide(variant, kaktus, track, now, rules, moved)
-            if stock is not None:  # a missing or unknown stock is the barcode's own case
-                table[key] = decision
+    for variant, decision in decide_unique(unique, kaktus, previous or {}, now, rules,
+                                           read_at or {}):
         tally[decision.rule] += 1
         if decision.track is not None:
             tracks[variant.id] = decision.track
@@ -1207,10 +1232,10 @@ def plan_updates(variants: Collection[Variant], kaktus: KaktusIndex, previous: d
         "matched": tally["update"] + tally["same"] + tally["unknown"],
         "changed": tally["update"],
         "unmatched_insales": tally["not_in_kak2c"],
-        "unmatched_kak2c": len(quantities.keys() - unique.keys() - shared.keys()),
+        "unmatched_kak2c": len(kaktus.quantities.keys() - unique.keys() - shared.keys()),
         "unknown_stock": tally["unknown"],
         "held_variants": len(held),
-        "held_units": sum(units for _, d in held for units, _ in d.track.holds),
+        "held_units": sum(held_units(d.track.holds) for _, d in held),
         "expired_units": sum(e.units for _, e in events if e.kind == "expired"),
         "caught_up_after_s": max((round(e.age, 1) for _, e in events if e.kind == "caught up"),
                                  default=None),
@@ -1222,19 +1247,18 @@ def plan_updates(variants: Collection[Variant], kaktus: KaktusIndex, previous: d
 
 def report_rows(variants: Collection[Variant], kaktus: KaktusIndex, previous: dict | None = None,
                 now: float = 0.0, rules: Rules = PLAIN,
-                read_before: dict | None = None) -> Iterator[tuple]:
+                read_at: dict | None = None) -> Iterator[tuple]:
     """Yield (barcode, Variant or None, Kaktus stock, Decision) for every barcode seen, from the
-    same inputs and by the same decide() as plan_updates(): built only when a report is asked."""
-    previous, read_before = previous or {}, read_before or {}
+    same inputs and by the same decide_unique() as plan_updates(): built only when a report is
+    asked."""
     unique, shared, _ = split_duplicates(variants)
     quantities, duplicates = kaktus.quantities, kaktus.duplicates
     for barcode, held in shared.items():
         for variant in held:
             yield barcode, variant, quantities.get(barcode), DUPLICATE_IN_INSALES
-    for barcode, variant in unique.items():
-        track = previous.get(variant.id)
-        yield barcode, variant, quantities.get(barcode), decide(
-            variant, kaktus, track, now, rules, has_moved(variant, track, read_before))
+    for variant, decision in decide_unique(unique, kaktus, previous or {}, now, rules,
+                                           read_at or {}):
+        yield variant.barcode, variant, quantities.get(variant.barcode), decision
     for barcode, quantity in quantities.items():
         if barcode not in unique and barcode not in shared:
             yield barcode, None, quantity, NOT_IN_INSALES
@@ -1819,12 +1843,12 @@ def apply_plan(api: Api, updates: list, quantity_field: str) -> Writes:
 @dataclass
 class State:
     """What the last run that kept its state left: per matched variant its Track, the
-    updated_at its product was read with where that run announced a write (read_before, the T
+    updated_at its product was read with where that run announced a write (read_at, the T
     of has_moved), and (for incremental mode) the InSales catalogue as walked, merged and
     written."""
 
     tracks: dict
-    read_before: dict
+    read_at: dict
     catalogue: InSalesCatalogue | None
 
 
@@ -1882,11 +1906,11 @@ def read_state(data: dict) -> State:
     for key, value in _get(data, "holds", dict).items():
         variant_id = _tracked(key, tracks)
         tracks[variant_id] = tracks[variant_id]._replace(holds=_read_holds(value))
-    read_before = {}
+    read_at = {}
     for key, value in _get(data, "read_at", dict).items():
         if not isinstance(value, (str, type(None))):
             raise BadState("read_at")
-        read_before[_tracked(key, tracks)] = value
+        read_at[_tracked(key, tracks)] = value
     catalogue = data.get("catalogue")
     if catalogue is not None:
         variants = _read_columns(_get(data, "catalogue", dict).get("variants"), VARIANT_COLUMNS)
@@ -1896,7 +1920,7 @@ def read_state(data: dict) -> State:
         catalogue = InSalesCatalogue(dict(zip(variants[0], map(new_variant, zip(*variants)))),
                                      tuple(cursor), float(_get(catalogue, "full_walk_at", NUMBER)),
                                      products=_get(catalogue, "products", int))
-    return State(tracks, read_before, catalogue)
+    return State(tracks, read_at, catalogue)
 
 
 def _tracked(key: str, tracks: dict) -> int:
@@ -1956,6 +1980,15 @@ def write_state(settings: Settings, tracks: dict, read_at: Mapping,
             "variants": {name: list(column) for name, column in zip(VARIANT_COLUMNS, columns)}}
     write_atomically(settings.state_file,
                      json.dumps(state, ensure_ascii=False, separators=(",", ":")))
+
+
+def note_written(catalogue: InSalesCatalogue, updates: list, written: Collection[int]) -> None:
+    """Put in the catalogue (in place) the quantities InSales accepted."""
+    publish = {variant.id: decision.publish for variant, decision in updates}
+    for variant_id in written:
+        old = catalogue.variants.get(variant_id)
+        if old is not None:
+            catalogue.variants[variant_id] = old._replace(quantity=publish[variant_id])
 
 
 def walks_incrementally(settings: Settings, catalogue: InSalesCatalogue, watching: bool) -> bool:
@@ -2033,19 +2066,47 @@ def write_report_or_log(path: Path | None, rows: Iterable[tuple], outcome: dict)
         log.error("--report %s: cannot write (%s)", path, getattr(exc, "strerror", None) or exc)
 
 
-SUMMARY_KEYS = ("status", "mode", "insales_variants", "insales_with_barcode",
-                "insales_duplicate_barcodes", "kak2c_variants", "kak2c_duplicate_barcodes",
-                "matched", "changed", "updated", "failed", "unmatched_insales", "unmatched_kak2c",
-                "unknown_stock", "skipped_records", "held_variants", "held_units",
-                "expired_units", "caught_up_after_s", "kak2c_barcode_field", "kak2c_stock_field",
-                "guard", "error")
+class Figure(NamedTuple):
+    """A key of the run summary, and how the metrics show it."""
+
+    key: str
+    default: object = 0        # when no sync counted it; None: null (a choice not made)
+    kind: str | None = None    # shown as sync_stock_variants{kind=...}
+    gauge: str | None = None   # or as a gauge of its own (omitted while null),
+    help: str = ""             # with this help
+    in_line: bool = True       # in the summary line too (not the guard's and error's prose)
+
+
+# Every figure of the summary, once: make_summary(), summary_line() and format_metrics() are
+# built from here; plan_updates() counts them.
+FIGURES = (
+    Figure("status", None), Figure("mode", None),
+    Figure("insales_variants", kind="insales"),
+    Figure("insales_with_barcode", kind="insales_with_barcode"),
+    Figure("insales_duplicate_barcodes", kind="duplicates_insales"),
+    Figure("kak2c_variants", kind="kak2c"),
+    Figure("kak2c_duplicate_barcodes", kind="duplicates_kak2c"),
+    Figure("matched", kind="matched"), Figure("changed", kind="changed"),
+    Figure("updated", kind="updated"), Figure("failed", kind="failed"),
+    Figure("unmatched_insales", kind="unmatched_insales"),
+    Figure("unmatched_kak2c", kind="unmatched_kak2c"),
+    Figure("unknown_stock", kind="unknown_stock"),
+    Figure("skipped_records"), Figure("held_variants"),
+    Figure("held_units", gauge="sync_stock_held_units",
+           help="Units held back for sales Kaktus has not seen yet."),
+    Figure("expired_units", gauge="sync_stock_hold_expired_units",
+           help="Held units that expired in the last run before Kaktus' stock fell (see "
+                "SYNC_HOLD_MINUTES)."),
+    Figure("caught_up_after_s", None, gauge="sync_stock_hold_caught_up_seconds",
+           help="Age of the oldest hold that Kaktus' stock falling released in the last run: "
+                "how long Kaktus takes to count an order."),
+    Figure("kak2c_barcode_field", None), Figure("kak2c_stock_field", None),
+    Figure("guard", None, in_line=False), Figure("error", None, in_line=False),
+)
 
 
 def make_summary(result: SyncResult, requests_sent: dict, duration: float) -> dict:
-    summary = dict.fromkeys(SUMMARY_KEYS, 0)
-    # a run that read no Kaktus catalogue chose no fields, and one that released no hold timed none
-    summary["kak2c_barcode_field"] = summary["kak2c_stock_field"] = None
-    summary["caught_up_after_s"] = None
+    summary = {figure.key: figure.default for figure in FIGURES}
     summary.update(result.counts)
     summary.update(status=result.status.label, mode=result.mode, updated=result.updated,
                    failed=result.failed, skipped_records=result.skipped_records,
@@ -2055,18 +2116,12 @@ def make_summary(result: SyncResult, requests_sent: dict, duration: float) -> di
 
 
 def summary_line(summary: dict) -> str:
-    parts = [f"{key}={summary[key]}" for key in SUMMARY_KEYS
-             if summary[key] is not None and key not in ("guard", "error")]
+    parts = [f"{figure.key}={summary[figure.key]}" for figure in FIGURES
+             if figure.in_line and summary[figure.key] is not None]
     parts += [f"requests.{k}={v}" for k, v in summary["requests"].items()]
     return " ".join(parts + [f"duration_s={summary['duration_s']}"])
 
 
-METRIC_KINDS = {"insales": "insales_variants", "insales_with_barcode": "insales_with_barcode",
-                "kak2c": "kak2c_variants", "matched": "matched", "changed": "changed",
-                "updated": "updated", "failed": "failed", "unmatched_insales": "unmatched_insales",
-                "unmatched_kak2c": "unmatched_kak2c", "unknown_stock": "unknown_stock",
-                "duplicates_insales": "insales_duplicate_barcodes",
-                "duplicates_kak2c": "kak2c_duplicate_barcodes"}
 LAST_SUCCESS = "sync_stock_last_success_timestamp_seconds"
 
 
@@ -2092,15 +2147,10 @@ def format_metrics(shop: str, summary: dict, exit_code: int, now: float,
     metric("sync_stock_duration_seconds", "How long the last run took.",
            [("", float(summary["duration_s"]))])
     metric("sync_stock_variants", "Variant counts of the last run, by kind.",
-           [(f',kind="{kind}"', summary[key]) for kind, key in METRIC_KINDS.items()])
-    metric("sync_stock_held_units", "Units held back for sales Kaktus has not seen yet.",
-           [("", summary["held_units"])])
-    metric("sync_stock_hold_expired_units", "Held units that expired in the last run before "
-           "Kaktus' stock fell (see SYNC_HOLD_MINUTES).", [("", summary["expired_units"])])
-    if summary["caught_up_after_s"] is not None:
-        metric("sync_stock_hold_caught_up_seconds", "Age of the oldest hold that Kaktus' stock "
-               "falling released in the last run: how long Kaktus takes to count an order.",
-               [("", summary["caught_up_after_s"])])
+           [(f',kind="{f.kind}"', summary[f.key]) for f in FIGURES if f.kind])
+    for figure in FIGURES:
+        if figure.gauge and summary[figure.key] is not None:
+            metric(figure.gauge, figure.help, [("", summary[figure.key])])
     metric("sync_stock_requests", "HTTP requests the last run sent, by API.",
            [(f',api="{api}"', count) for api, count in summary["requests"].items()])
     if usage is not None:
@@ -2237,51 +2287,37 @@ def fetch_catalogues(job: Job, known: InSalesCatalogue | None, progress: Progres
     return catalogue, index_kaktus(pages, settings.stock_rule, settings.kaktus_barcode_field)
 
 
-def settle_writes(plan: Plan, catalogue: InSalesCatalogue | None, writes: Writes) -> dict:
-    """The tracks after the writes, and the catalogue (in place) with what InSales accepted.
-
-    A write InSales refused, or that was never sent, was not made (R = S again); one it
-    confirmed with "ok" shows in InSales now (S = R); one queued, or of a call that failed for
-    good, stays announced: the next run tells by the quantity and the product's updated_at.
-    """
-    tracks = dict(plan.tracks)
-    for variant_id in tracks.keys() & writes.refused:
-        tracks[variant_id] = tracks[variant_id]._replace(announced=tracks[variant_id].seen)
-    for variant_id in tracks.keys() & writes.confirmed:
-        tracks[variant_id] = tracks[variant_id]._replace(seen=tracks[variant_id].announced)
-    if catalogue is not None:
-        publish = {variant.id: decision.publish for variant, decision in plan.updates}
-        for variant_id in writes.written:
-            old = catalogue.variants.get(variant_id)
-            if old is not None:
-                catalogue.variants[variant_id] = old._replace(quantity=publish[variant_id])
-    return tracks
-
-
 def keep_state(settings: Settings, memory: Memory, state: State) -> None:
     """Keep the state for the next sync, in memory and in the file; a file that would not
     change is not written again (a watch's quiet syncs), and a disk that fails now is logged
     (the next run starts afresh)."""
     catalogue = state.catalogue
-    written = (state.tracks, state.read_before, catalogue and (
+    written = (state.tracks, state.read_at, catalogue and (
         catalogue.cursor, catalogue.full_walk_at, len(catalogue.variants)))
     memory.state = state
     if written == memory.written:
         return
     try:
-        write_state(settings, state.tracks, state.read_before, catalogue)
+        write_state(settings, state.tracks, state.read_at, catalogue)
         memory.written = written
     except OSError as exc:  # checked before the first request: the disk changed since
         log.error("SYNC_STATE_FILE %s: cannot write (%s)", settings.state_file, exc.strerror)
         memory.written = None
 
 
-def run_sync(job: Job, options: Options, memory: Memory,
-             clock: Callable[[], float] = time.time) -> SyncResult:
-    """Read both catalogues, plan, guard and write: one whole sync; `clock` dates the holds.
+class Planned(NamedTuple):
+    """A sync's first step done: what it read, what it plans, what the guard says."""
 
-    Every SyncError it lets out carries a result, for sync_once to summarise.
-    """
+    result: SyncResult   # the counts, the guard's word; a dry run's outcome
+    plan: Plan
+    catalogue: InSalesCatalogue
+    inputs: tuple        # plan_updates()'s, for report_rows()
+
+
+def plan_sync(job: Job, options: Options, memory: Memory,
+              clock: Callable[[], float]) -> Planned:
+    """Read both catalogues, decide every barcode, say what looks wrong, ask the guard; `clock`
+    dates the holds. A SyncError it lets out carries a result, for sync_once to summarise."""
     settings, now = job.settings, clock()
     state = memory.state if memory.state is not None else load_state(settings)
     full = memory.watching and memory.syncs == 0 or needs_full_walk(settings, state, now,
@@ -2298,7 +2334,7 @@ def run_sync(job: Job, options: Options, memory: Memory,
         progress.close()
     rules = Rules(settings.stock_buffer, settings.hold_minutes * 60)
     inputs = (catalogue.variants.values(), index, state.tracks if state else {}, clock(), rules,
-              state.read_before if state else {})
+              state.read_at if state else {})
     plan = plan_updates(*inputs)
     for variant, event in plan.events:
         log.debug("hold %s: barcode %s, variant %s (%s): %d units", event.kind, variant.barcode,
@@ -2312,11 +2348,19 @@ def run_sync(job: Job, options: Options, memory: Memory,
                f"{index.stock_rules_text() or 'none'}", now)
     for about, warning in data_warnings(plan, settings, catalogue.strays).items():
         memory.say(logging.WARNING, about, warning, now)
-    result = SyncResult(Status.DRY_RUN, mode, plan.counts,
-                        skipped_records=catalogue.skipped + index.skipped,
-                        guard=check_guard(plan, settings.guard_zero_share))
+    return Planned(SyncResult(Status.DRY_RUN, mode, plan.counts,
+                              skipped_records=catalogue.skipped + index.skipped,
+                              guard=check_guard(plan, settings.guard_zero_share)),
+                   plan, catalogue, inputs)
+
+
+def write_sync(job: Job, options: Options, memory: Memory, planned: Planned) -> SyncResult:
+    """Write the plan, unless it is a dry run or the guard refuses: announce the writes in the
+    state, send them, settle what InSales made of them. A SyncError it lets out carries the
+    result."""
+    settings, (result, plan, catalogue, inputs) = job.settings, planned
     if options.dry_run:
-        print_plan(plan, rules, result.guard, options.report,
+        print_plan(plan, inputs[4], result.guard, options.report,
                    sys.stderr if options.plan_to_stderr else sys.stdout)
         write_report_or_log(options.report, report_rows(*inputs), {})
         return result
@@ -2327,14 +2371,17 @@ def run_sync(job: Job, options: Options, memory: Memory,
     if result.guard:
         log.warning("safety guard overridden by --force: %s", result.guard)
     kept = catalogue if walks_incrementally(settings, catalogue, memory.watching) else None
-    # Announce the writes before sending them: a sale is never mistaken for our own write,
-    # even one InSales applies late or one of a run killed half-way.
+    # Announce the writes before sending them (each Track's R): a sale is never mistaken for
+    # our own write, even one InSales applies late or one of a run killed half-way.
     read_at = {variant.id: variant.updated_at for variant, _ in plan.updates}
     keep_state(settings, memory, State(plan.tracks, read_at, kept))
     writes = apply_plan(job.insales, plan.updates, settings.quantity_field)
     result.updated, result.failed = len(writes.written), len(writes.failed)
     if plan.updates:
-        keep_state(settings, memory, State(settle_writes(plan, kept, writes), read_at, kept))
+        if kept is not None:
+            note_written(kept, plan.updates, writes.written)
+        keep_state(settings, memory, State(
+            settle_tracks(plan.tracks, writes.refused, writes.confirmed), read_at, kept))
     write_report_or_log(options.report, report_rows(*inputs),
                         {i: ("update", "write failed") for i in writes.failed})
     if writes.stopped and not writes.written:
@@ -2349,7 +2396,7 @@ def sync_once(job: Job, options: Options, memory: Memory,
     job.insales.start_sync()
     job.kaktus.start_sync()
     try:
-        result = run_sync(job, options, memory, clock)
+        result = write_sync(job, options, memory, plan_sync(job, options, memory, clock))
     except SyncError as exc:
         message = redact(str(exc), job.secrets)
         result = dataclasses.replace(exc.result or SyncResult(), status=exc.status,

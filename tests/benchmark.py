@@ -220,7 +220,7 @@ def pipeline_cpu(settings, insales_bodies: list, kak2c_bodies: list) -> float:
                                        settings.stock_rule, settings.kaktus_barcode_field)
         state = sync_stock.load_state(settings)
         plan = sync_stock.plan_updates(variants.values(), index, state.tracks, time.time(), rules,
-                                       state.read_before)
+                                       state.read_at)
         read_at = {variant.id: variant.updated_at for variant, _ in plan.updates}
         sync_stock.write_state(settings, plan.tracks, read_at, None)
     return time.process_time() - started
@@ -236,7 +236,7 @@ def compare_state_stores(settings) -> str:
     def as_json() -> float:
         started = time.process_time()
         loaded = sync_stock.load_state(settings)
-        sync_stock.write_state(settings, {**loaded.tracks, **moved}, loaded.read_before, None)
+        sync_stock.write_state(settings, {**loaded.tracks, **moved}, loaded.read_at, None)
         return time.process_time() - started
 
     with tempfile.TemporaryDirectory() as folder:

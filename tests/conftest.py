@@ -149,6 +149,11 @@ def add_pair(box, barcode, shop_qty, stock, shape="variants", **shop_fields) -> 
     return product["variants"][0]["id"]
 
 
+def quantity(box, variant_id) -> int:
+    """What InSales shows of one variant now."""
+    return box.insales.variant(variant_id)["quantity"]
+
+
 def shop_quantities(box, field="quantity") -> dict:
     """InSales stock by barcode, as the shop now holds it."""
     return {v["barcode"]: v[field] for v in box.insales.all_variants() if v["barcode"]}

@@ -268,13 +268,13 @@ def test_holds_expire_after_the_window():
 def test_a_sale_kaktus_saw_in_the_same_minute_is_neither_held_nor_undone():
     """InSales 10 -> 8 and Kaktus 10 -> 8 in one minute: held first, then released."""
     track = Track(10, 10, 10, ())
-    decision = decide(variant(1, "A", 8), kaktus(kA=8), track, 1000.0, Rules(hold_window=HOUR))
+    decision = decide(8, 8, track, False, 1000.0, Rules(hold_window=HOUR))
     assert (decision.action, decision.publish, decision.track.holds) == ("unchanged", 8, ())
 
 
 def test_restock_during_a_hold_publishes_stock_less_the_hold():
     """10 -> 8 sold, Kaktus 10 -> 20 restocked: publish 18."""
-    decision = decide(variant(1, "A", 8), kaktus(kA=20), Track(10, 10, 10, ()), 1000.0,
+    decision = decide(8, 20, Track(10, 10, 10, ()), False, 1000.0,
                       Rules(hold_window=HOUR))
     assert (decision.action, decision.publish) == ("update", 18)
     assert decision.reason.startswith("held: sale in flight (2 until ")
@@ -283,14 +283,14 @@ def test_restock_during_a_hold_publishes_stock_less_the_hold():
 
 def test_published_stock_is_never_below_zero():
     """Holds larger than the stock publish 0, never a negative figure."""
-    decision = decide(variant(1, "A", 0), kaktus(kA=1), Track(5, 5, 5, ((4, 900.0),)), 1000.0,
+    decision = decide(0, 1, Track(5, 5, 5, ((4, 900.0),)), False, 1000.0,
                       Rules(hold_window=HOUR))
     assert decision.publish == 0
 
 
 def test_holds_off_syncs_plainly_but_keeps_following():
     """SYNC_HOLD_MINUTES=0: Kaktus' figure every run; the track is still kept."""
-    decision = decide(variant(1, "A", 8), kaktus(kA=10), Track(10, 10, 10, ((1, 1.0),)), 1000.0,
+    decision = decide(8, 10, Track(10, 10, 10, ((1, 1.0),)), False, 1000.0,
                       Rules(hold_window=0))
     assert (decision.action, decision.publish) == ("update", 10)
     assert decision.track == Track(8, 10, 10, ())
@@ -298,7 +298,7 @@ def test_holds_off_syncs_plainly_but_keeps_following():
 
 def test_a_first_run_has_no_holds():
     """Without a previous track nothing is a sale."""
-    decision = decide(variant(1, "A", 3), kaktus(kA=10), None, 1000.0, Rules(hold_window=HOUR))
+    decision = decide(3, 10, None, False, 1000.0, Rules(hold_window=HOUR))
     assert (decision.publish, decision.track) == (10, Track(3, 10, 10, ()))
 
 

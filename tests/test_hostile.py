@@ -11,12 +11,7 @@ import pytest
 
 import sandbox
 import sync_stock
-from conftest import ROOT, add_pair, writes
-
-
-def quantity(box, variant_id):
-    return box.insales.variant(variant_id)["quantity"]
-
+from conftest import ROOT, add_pair, quantity, writes
 
 # --- secrets ----------------------------------------------------------------------------------
 

@@ -4,13 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import add_pair, warnings_of, writes
+from conftest import add_pair, quantity, warnings_of, writes
 
 MODES = pytest.mark.parametrize("mode", ["full", "incremental"])
-
-
-def quantity(box, variant_id):
-    return box.insales.variant(variant_id)["quantity"]
 
 
 def set_kaktus(box, stock, index=0):

@@ -12,13 +12,9 @@ from pathlib import Path
 import pytest
 
 import sandbox
-from conftest import ROOT, add_pair, start_monitor, warnings_of, writes
+from conftest import ROOT, add_pair, quantity, start_monitor, warnings_of, writes
 
 AUTH = ("POST", "/api/lite/auth")
-
-
-def quantity(box, variant_id):
-    return box.insales.variant(variant_id)["quantity"]
 
 
 def set_kaktus(box, index, stock):
