@@ -72,6 +72,7 @@ MAX_COUNT = 1_000_000_000   # a stock figure above this counts nothing on a shel
 GUARD_MIN_ZEROED = 10       # the zeroing guard only speaks from this many zeroed variants
 AUTO_INCREMENTAL_PRODUCTS = 12_500  # over 50 pages a full walk costs half the budget a minute
 CURSOR_REWIND = timedelta(seconds=2)  # InSales times may have one-second resolution
+CURSOR_RECENT = 60          # seconds: until then a walk looks again at the last second read
 WALK_START = "2000-01-01T00:00:00.000+00:00"
 STATE_VERSION = 3
 DRY_RUN_ROWS = 50
@@ -884,13 +885,19 @@ def last_anchor(page: list) -> tuple | None:
     return None
 
 
-def rewind(updated_at: str) -> str:
-    """Step a little before an InSales time, so that no change in the same second is lost."""
+def walk_from(cursor: tuple, now: float) -> tuple:
+    """Where a walk for what changed starts, (updated_at, id): right after the last product
+    read, or CURSOR_REWIND before it while that product changed less than CURSOR_RECENT ago:
+    InSales times may have one-second resolution, and a change stamped in the second already
+    read, to a product of a lower id, shows only after it. Once that second is long past, the
+    walk needs no second look, and a quiet shop costs one read (the empty page)."""
     try:
-        moment = datetime.fromisoformat(updated_at.replace("Z", "+00:00"))
-        return (moment - CURSOR_REWIND).isoformat(timespec="milliseconds")
+        moment = datetime.fromisoformat(cursor[0].replace("Z", "+00:00"))
+        if now - moment.timestamp() > CURSOR_RECENT:
+            return cursor
+        return (moment - CURSOR_REWIND).isoformat(timespec="milliseconds"), 0
     except (ValueError, OverflowError):
-        return WALK_START
+        return WALK_START, 0
 
 
 # --- the pure core: the Kaktus index ----------------------------------------------------------
@@ -1744,13 +1751,12 @@ def fetch_insales_catalogue(api: Api, fields: tuple, known: InSalesCatalogue | N
     `now` dates a full walk.
     """
     if known is None:
-        catalogue = InSalesCatalogue({}, (WALK_START, 0), now)
-        since = WALK_START
+        catalogue, start = InSalesCatalogue({}, (WALK_START, 0), now), (WALK_START, 0)
     else:
-        catalogue, since = known, rewind(known.cursor[0])
+        catalogue, start = known, walk_from(known.cursor, now)
         catalogue.skipped, catalogue.strays = 0, []  # this walk's, not the last one's too
     try:
-        for page, cursor in walk_insales(api, since, 0, progress, stop,
+        for page, cursor in walk_insales(api, *start, progress, stop,
                                          with_deleted=known is not None):
             catalogue.cursor = cursor
             named = catalogue.skipped  # a cron mail, not a flood: WARN_MOST named one by one
@@ -2436,11 +2442,12 @@ def run_once(args: argparse.Namespace, job: Job, options: Options, memory: Memor
 
 def budget_wait(sent: list, window: float, budget: int, need: int, now: float) -> float:
     """Seconds from `now` until `need` more requests fit `budget` in any `window` seconds,
-    `sent` being when the requests of the last window went, oldest first."""
+    `sent` being when the requests of the last window went, oldest first; a second more, as
+    the API counts by its own clock, from when each request reached it."""
     excess = len(sent) + need - budget
     if excess <= 0 or not sent:
         return 0.0
-    return max(0.0, sent[min(excess, len(sent)) - 1] + window - now)
+    return max(0.0, sent[min(excess, len(sent)) - 1] + window + 1 - now)
 
 
 def watch_pace(job: Job, needs: tuple) -> float:

@@ -1,6 +1,7 @@
 """The pure core: barcodes, stock, holds, the decision per barcode, the plan and the guard."""
 import base64
 import json
+from datetime import datetime
 
 import pytest
 
@@ -27,11 +28,11 @@ from sync_stock import (
     plan_updates,
     read_kaktus_pages,
     report_rows,
-    rewind,
     show_stock_expression,
     stock_rule,
     to_quantity,
     token_expiry,
+    walk_from,
 )
 
 TOTAL = stock_rule("stockTotal")
@@ -350,11 +351,14 @@ def test_usage_header_is_read_only_when_sane():
         assert parse_usage(header) is None
 
 
-def test_cursor_is_rewound_a_little():
-    """Steps two seconds back from an InSales time, keeping its offset."""
-    assert rewind("2026-11-28T10:00:00.500+03:00") == "2026-11-28T09:59:58.500+03:00"
-    assert rewind("garbage") == "2000-01-01T00:00:00.000+00:00"
-    assert rewind("0001-01-01T00:00:00+00:00") == "2000-01-01T00:00:00.000+00:00"
+def test_a_walk_starts_a_little_before_a_recent_cursor():
+    """Two seconds back from a recent InSales time, keeping its offset; right after an old one."""
+    cursor = ("2026-11-28T10:00:00.500+03:00", 7)
+    at = datetime.fromisoformat(cursor[0]).timestamp()
+    assert walk_from(cursor, at + 30) == ("2026-11-28T09:59:58.500+03:00", 0)
+    assert walk_from(cursor, at + 61) == cursor  # that second is long past: no second look
+    assert walk_from(("garbage", 7), at) == ("2000-01-01T00:00:00.000+00:00", 0)
+    assert walk_from(("0001-01-01T00:00:00+00:00", 7), at) == ("0001-01-01T00:00:00+00:00", 7)
 
 
 def test_q_equal_s_is_a_sale_once_the_product_moved():

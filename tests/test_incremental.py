@@ -11,8 +11,8 @@ def products_reads(box):
 
 
 def test_incremental_run_reads_only_what_changed(box, run, env):
-    """After a full walk, a quiet minute costs two InSales reads (the last few records again,
-    then the empty page that ends every walk) and no write."""
+    """Half a minute after the shop's last change, a quiet run costs two InSales reads (the
+    last second's records again, then the empty page that ends every walk) and no write."""
     sandbox.fill_sample(box, products=300, sizes=2, quirks=False, differ=0)
     box.advance(600)  # the catalogue was made in one burst; a shop's last changes are few
     for variant in box.insales.all_variants()[:5]:
@@ -20,7 +20,7 @@ def test_incremental_run_reads_only_what_changed(box, run, env):
     first = run(SYNC_MODE="incremental")
     assert (first.code, first.summary["mode"]) == (0, "full")
     assert len(products_reads(box)) == 3
-    box.advance(60)
+    box.advance(30)
     second = run(SYNC_MODE="incremental")
     assert (second.code, second.summary["mode"]) == (0, "incremental")
     assert len(products_reads(box)) == 5
@@ -124,3 +124,30 @@ def test_auto_mode_keeps_small_shops_on_full_walks_without_a_catalogue(box, run,
     state = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())
     assert state["catalogue"] is None
     assert len(state["tracks"]["id"]) == 90
+
+
+def test_a_change_in_the_second_already_read_is_not_lost(box, run):
+    """InSales times of one-second resolution: a product of a lower id changed in the second
+    the last walk ended on is read by the next walk all the same."""
+    box.insales.time_step_ms = 1000
+    box.advance(1.05 - box.clock() % 1)  # the steps below, well inside one second
+    low = add_pair(box, "C1", 1, 1)
+    high = add_pair(box, "C2", 1, 1)
+    assert run(SYNC_MODE="incremental").code == 0
+    box.insales.set_variant(high, quantity=5)
+    assert run(SYNC_MODE="incremental").summary["updated"] == 1
+    box.insales.set_variant(low, quantity=7)  # stamped the same second as `high`, a lower id
+    result = run(SYNC_MODE="incremental")
+    assert result.summary["updated"] == 1
+    assert shop_quantities(box) == {"C1": 1, "C2": 1}
+
+
+def test_a_quiet_shop_costs_one_read_once_its_last_change_is_a_minute_old(box, run):
+    """While the last change is recent the walk looks at it again (two reads); a minute later
+    only the empty page that ends the walk is read."""
+    add_pair(box, "Q1", 1, 1)
+    assert run(SYNC_MODE="incremental").code == 0
+    box.advance(10)
+    assert run(SYNC_MODE="incremental").summary["requests"]["insales"] == 2
+    box.advance(61)
+    assert run(SYNC_MODE="incremental").summary["requests"]["insales"] == 1

@@ -71,11 +71,12 @@ def test_kaktus_max_rpm_stretches_the_interval(box, watch, tmp_path):
 
 def test_half_the_insales_budget_is_kept_and_never_a_429(box, watch):
     """With a shop limit of 40 requests per 5 minutes, a watch keeps to 20 in any 5 minutes
-    (2 requests a sync: one every 30 s) and is never answered 429."""
+    (a quiet shop's walk is one read: a sync every 15 s) and is never answered 429."""
     add_pair(box, "B1", 1, 1)
     box.insales.rate_limit = 40
     result = watch(syncs=20, SYNC_INTERVAL=1)
-    assert 29.0 < result.waits[-1] <= 30.0
+    assert result.summaries[-1]["requests"]["insales"] == 1
+    assert 14.0 < result.waits[-1] <= 15.0
     assert all(call["status"] != 429 for call in box.insales.log)
     times = [call["at"] for call in box.insales.log]
     assert max(sum(t <= at < t + 300 for at in times) for t in times) <= 20
@@ -172,10 +173,10 @@ def test_data_warnings_are_said_once_an_hour(box, watch):
 
 
 def test_nothing_piles_up_from_sync_to_sync(box, watch):
-    """Thirty syncs, each a full walk: no cycle is frozen for good, a malformed product is
-    counted once a walk, and what the other barcode field holds is counted once too."""
+    """Sixteen syncs, each a full walk, every other one failing on reset connections: no cycle
+    is frozen for good, and a malformed product is counted once a walk."""
     for n in range(20):
-        add_pair(box, f"M{n}", 1, 1, sku=f"SKU{n}")
+        add_pair(box, f"M{n}", 1, 1)
     box.insales.add_product("broken", [{"barcode": "M-X", "quantity": 1}])
     broken = list(box.insales.products.values())[-1]
     broken["variants"] = "not a list"
@@ -189,10 +190,10 @@ def test_nothing_piles_up_from_sync_to_sync(box, watch):
         if done % 2:  # every other sync fails: urllib3's errors on a reset connection are cycles
             box.kak2c.inject("GET /api/lite/products", reset=True, times=5)
 
-    result = watch(syncs=30, between=between, SYNC_FULL_EVERY=1)
+    result = watch(syncs=16, between=between, SYNC_FULL_EVERY=1)
     assert {s["skipped_records"] for s in result.summaries[::2]} == {1}
     assert {s["status"] for s in result.summaries[1::2]} == {"failed"}
-    assert frozen[-1] - frozen[9] < 300
+    assert frozen[-1] - frozen[5] < 300  # without a collection each failed sync adds ~400
 
 
 def test_the_state_is_kept_in_memory_and_in_the_file(box, watch, env):
@@ -270,7 +271,7 @@ def test_sigterm_lets_the_sync_finish_its_writes_and_exits_0(box, env, tmp_path)
     try:
         assert json.loads(child.stdout.readline())["status"] == "ok"  # flushed at once
         writing = threading.Event()
-        box.insales.inject("PUT /admin", status=None, hang=1.0, run=writing.set)
+        box.insales.inject("PUT /admin", status=None, hang=0.3, run=writing.set)
         set_kaktus(box, 0, 6)
         assert writing.wait(20)
         child.send_signal(signal.SIGTERM)
