@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Keep every InSales variant's stock equal to the Kaktus (kak2c.ru) stock for the same barcode.
+"""Keep every InSales variant's stock equal to what Kaktus (kak2c.ru) can sell of the same barcode.
 
-One run, then exit: meant for a once-a-minute cron line; README.md is the user's contract (flags,
-settings, exit codes, summary keys). Every name is defined before it is used, in sections:
-the outcomes and errors -> settings -> logging, lock and files -> the pure core (barcodes and
-stock, reading the APIs' answers, the Kaktus index, holds, one decision per barcode, the plan,
-the guard: plain data in, plain data out) -> HTTP -> the Kaktus token -> reading Kaktus and
-InSales -> writing InSales -> the state between runs -> output -> the run, and main(), the one
-place that turns results and errors into the summary, the closing ping and the exit code.
+One run, then exit (a once-a-minute cron line), or --watch: the same sync every few seconds in
+one process. README.md is the user's contract (flags, settings, exit codes, summary keys).
+Every name is defined before it is used, helpers first, in sections: the outcomes and errors
+-> settings -> logging, lock and files -> the pure core (barcodes and stock, reading the
+InSales answers, the Kaktus index, holds, one decision per barcode, the plan, the guard: plain
+data in, plain data out) -> HTTP -> the Kaktus token -> the Kaktus walk (where it stops, and
+fetching its pages) -> reading InSales -> writing InSales -> the state between runs -> output
+-> the run: one sync in two steps (plan_sync, write_sync), a cron run, a watch, and main(), the
+one place that turns errors that are no sync's into exit codes.
 """
 from __future__ import annotations
 
@@ -58,9 +60,6 @@ log = logging.getLogger("sync_stock")
 INSALES_PAGE = 250          # the documented per_page maximum
 INSALES_MIN_PAGE = 10       # and its minimum: InSales raises anything below
 WRITE_BATCH = 100           # variants_group_update: keep to 100 variants a call
-KAKTUS_THREADS = 4           # Kaktus pages are numbered, so a few can be fetched at once
-LOOKAHEAD = 2 * KAKTUS_THREADS  # Kaktus pages asked ahead of the last one checked
-KAKTUS_EXTRA_PAGES = 4       # pages read past recordsTotal's count while the catalogue grows
 TOKEN_MARGIN = 120          # renew the Kaktus token this many seconds before its exp
 TOKEN_TTL = 14400           # when neither the JWT's exp nor expires_in can be read
 RATE_WINDOW = 300           # InSales: 500 requests per 5 minutes
@@ -242,46 +241,161 @@ class Settings:
         return {s for s in found | {self.insales_password} if s}
 
 
+# How a setting is read: (its name, its text or None when unset) -> its value, or a
+# ConfigError that names it.
+
+def read_text(name: str, raw: str | None) -> str | None:
+    return raw
+
+
+def read_required(name: str, raw: str | None) -> str:
+    if raw is None:
+        raise ConfigError(f"{name} is not set (see .env.example)")
+    return raw
+
+
+def read_url(name: str, raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    scheme, _, rest = raw.partition("://")
+    if scheme not in ("http", "https") or not rest:
+        raise ConfigError(f"{name}={raw!r} is not an http(s) URL")
+    if "@" in rest.split("/", 1)[0]:
+        raise ConfigError(f"{name} must not carry credentials; use the key and password settings")
+    return raw.rstrip("/")
+
+
+def read_shop_url(name: str, raw: str | None) -> str:
+    return read_url(name, read_required(name, raw)).removesuffix("/admin")
+
+
+def read_path(name: str, raw: str | None) -> Path | None:
+    return HERE / Path(raw).expanduser() if raw else None  # cron starts in $HOME
+
+
+def read_number(kind: type = int, low: float = 0.0, high: float = math.inf) -> Callable:
+    def read(name: str, raw: str | None):
+        if raw is None:
+            return None
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            noun = "whole number" if kind is int else "number"
+            bounds = f"of at least {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
+            raise ConfigError(f"{name}={raw!r} is not a {noun} {bounds}")
+        return value
+    return read
+
+
+def read_choice(*choices: str) -> Callable:
+    def read(name: str, raw: str | None) -> str:
+        if raw not in choices:
+            raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+        return raw
+    return read
+
+
+def read_field_name(name: str, raw: str | None) -> str:
+    if not FIELD_NAME.fullmatch(raw):
+        raise ConfigError(f"{name}={raw!r} must be auto or the name of a Kaktus variant field, "
+                          "e.g. barcode, id, ean, article")
+    return raw
+
+
+def read_stock_field(name: str, raw: str | None) -> StockRule | None:
+    return None if raw == "auto" else stock_rule(raw)
+
+
+def read_kaktus_credentials(raw: Mapping) -> bytes:
+    """The Kaktus login body: KAK2C_LOGIN and KAK2C_PASSWORD, or KAK2C_CREDENTIALS_FILE as is."""
+    login, password = raw["KAK2C_LOGIN"], raw["KAK2C_PASSWORD"]
+    if login or password:
+        if not (login and password):
+            raise ConfigError("KAK2C_LOGIN and KAK2C_PASSWORD go together: set both or neither")
+        return json.dumps({"login": login, "password": password}).encode()
+    source = read_path("KAK2C_CREDENTIALS_FILE", raw["KAK2C_CREDENTIALS_FILE"])
+    try:
+        body = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"KAK2C_CREDENTIALS_FILE {source}: cannot read ({exc.strerror}); "
+                          "copy files/kak2c_info.example there or set KAK2C_LOGIN") from None
+    try:
+        valid = isinstance(json.loads(body), dict)
+    except (ValueError, RecursionError):
+        valid = False
+    if not valid:
+        raise ConfigError(f"KAK2C_CREDENTIALS_FILE {source}: not a JSON object like "
+                          '{"login": ..., "password": ...}')
+    return body
+
+
 class Setting(NamedTuple):
     name: str
     default: str | None   # None: unset (or, for the first three, required)
     meaning: str
+    field: str | None     # the Settings field it gives (None: read with others, see below)
+    read: Callable = read_text
 
 
-# Every setting, once: load_settings() takes its defaults from here, --help lists it, and the
-# tests check that .env.example and README.md name exactly these.
+# Every setting, once: load_settings() reads each into its Settings field by its row, --help
+# lists it, and the tests check that .env.example and README.md name exactly these. The Kaktus
+# credentials come from three of them together (read_kaktus_credentials).
 SETTINGS = (
-    Setting("INSALES_URL", None, "shop base URL, e.g. https://myshop.myinsales.ru (required)"),
-    Setting("INSALES_API_KEY", None, "the app identifier, the Basic auth user (required)"),
-    Setting("INSALES_API_PASSWORD", None, "the app password (required)"),
-    Setting("INSALES_WAREHOUSE", None, "warehouse array_index N: write quantity_at_warehouseN"),
-    Setting("INSALES_BARCODE_FIELD", "barcode", "the variant field with the barcode: barcode, sku"),
-    Setting("KAK2C_URL", "https://app.kak2c.ru", "Kaktus base URL"),
-    Setting("KAK2C_CREDENTIALS_FILE", "files/kak2c_info", 'JSON {"login", "password"} to log in'),
-    Setting("KAK2C_LOGIN", None, "instead of the credentials file, with KAK2C_PASSWORD"),
-    Setting("KAK2C_PASSWORD", None, "instead of the credentials file, with KAK2C_LOGIN"),
-    Setting("KAK2C_TOKEN_FILE", "files/kak2c_token", "token cache (mode 0600)"),
-    Setting("KAK2C_BARCODE_FIELD", "auto", "where a Kaktus variant's barcode is: auto, or a field"),
+    Setting("INSALES_URL", None, "shop base URL, e.g. https://myshop.myinsales.ru (required)",
+            "insales_url", read_shop_url),
+    Setting("INSALES_API_KEY", None, "the app identifier, the Basic auth user (required)",
+            "insales_key", read_required),
+    Setting("INSALES_API_PASSWORD", None, "the app password (required)",
+            "insales_password", read_required),
+    Setting("INSALES_WAREHOUSE", None, "warehouse array_index N: write quantity_at_warehouseN",
+            "warehouse", read_number()),
+    Setting("INSALES_BARCODE_FIELD", "barcode", "the variant field with the barcode: barcode, sku",
+            "insales_barcode_field", read_choice(*INSALES_BARCODE_FIELDS)),
+    Setting("KAK2C_URL", "https://app.kak2c.ru", "Kaktus base URL", "kaktus_url", read_url),
+    Setting("KAK2C_CREDENTIALS_FILE", "files/kak2c_info", 'JSON {"login", "password"} to log in',
+            None),
+    Setting("KAK2C_LOGIN", None, "instead of the credentials file, with KAK2C_PASSWORD", None),
+    Setting("KAK2C_PASSWORD", None, "instead of the credentials file, with KAK2C_LOGIN", None),
+    Setting("KAK2C_TOKEN_FILE", "files/kak2c_token", "token cache (mode 0600)",
+            "token_file", read_path),
+    Setting("KAK2C_BARCODE_FIELD", "auto", "where a Kaktus variant's barcode is: auto, or a field",
+            "kaktus_barcode_field", read_field_name),
     Setting("KAK2C_STOCK_FIELD", "auto", "what Kaktus can sell (auto), or stock entry fields "
-            "joined by + and -"),
-    Setting("KAK2C_PAGE_SIZE", None, "ask Kaktus pages of this many products (size=N)"),
-    Setting("KAK2C_DOMAIN", None, "the Domain header of accounts with several shops"),
-    Setting("SYNC_STOCK_BUFFER", "0", "units kept back from every variant"),
-    Setting("SYNC_HOLD_MINUTES", "60", "how long a sale Kaktus has not seen is held; 0: off"),
-    Setting("SYNC_LOCK_FILE", "files/sync_stock.lock", "lock against overlapping runs"),
-    Setting("SYNC_MODE", "auto", "full, incremental, or auto (incremental for big shops)"),
-    Setting("SYNC_FULL_EVERY", "60", "minutes between full walks in incremental mode"),
-    Setting("SYNC_INTERVAL", "10", "--watch: seconds between the starts of two syncs"),
-    Setting("KAK2C_MAX_RPM", "120", "--watch: the most Kaktus requests in any minute"),
-    Setting("SYNC_STATE_FILE", "files/sync_state.json", "state kept between runs"),
-    Setting("SYNC_MAX_WAIT", "120", "longest Retry-After, and all usage pacing, in seconds"),
-    Setting("SYNC_TIMEOUT", "60", "read timeout of one request, in seconds"),
-    Setting("SYNC_GUARD_ZERO_SHARE", "0.5", "refuse zeroing more than this share of stocked"),
-    Setting("LOG_FILE", None, "also log here (rotating)"),
-    Setting("HEALTHCHECK_URL", None, "ping URL/start, URL, URL/fail (healthchecks.io)"),
-    Setting("METRICS_FILE", None, "the run's figures in the Prometheus text format"),
+            "joined by + and -", "stock_rule", read_stock_field),
+    Setting("KAK2C_PAGE_SIZE", None, "ask Kaktus pages of this many products (size=N)",
+            "kaktus_page_size", read_number(low=1, high=10_000)),
+    Setting("KAK2C_DOMAIN", None, "the Domain header of accounts with several shops",
+            "kaktus_domain"),
+    Setting("SYNC_STOCK_BUFFER", "0", "units kept back from every variant",
+            "stock_buffer", read_number(high=MAX_COUNT)),
+    Setting("SYNC_HOLD_MINUTES", "60", "how long a sale Kaktus has not seen is held; 0: off",
+            "hold_minutes", read_number(float, high=7 * 24 * 60)),
+    Setting("SYNC_LOCK_FILE", "files/sync_stock.lock", "lock against overlapping runs",
+            "lock_file", read_path),
+    Setting("SYNC_MODE", "auto", "full, incremental, or auto (incremental for big shops)",
+            "mode", read_choice("auto", "full", "incremental")),
+    Setting("SYNC_FULL_EVERY", "60", "minutes between full walks in incremental mode",
+            "full_every", read_number(low=1)),
+    Setting("SYNC_INTERVAL", "10", "--watch: seconds between the starts of two syncs",
+            "interval", read_number(float, low=0.001, high=WATCH_MAX_GAP)),
+    Setting("KAK2C_MAX_RPM", "120", "--watch: the most Kaktus requests in any minute",
+            "max_rpm", read_number(low=1, high=1_000_000)),
+    Setting("SYNC_STATE_FILE", "files/sync_state.json", "state kept between runs",
+            "state_file", read_path),
+    Setting("SYNC_MAX_WAIT", "120", "longest Retry-After, and all usage pacing, in seconds",
+            "max_wait", read_number(float, high=86_400)),
+    Setting("SYNC_TIMEOUT", "60", "read timeout of one request, in seconds",
+            "timeout", read_number(float, low=0.1, high=3600)),
+    Setting("SYNC_GUARD_ZERO_SHARE", "0.5", "refuse zeroing more than this share of stocked",
+            "guard_zero_share", read_number(float, high=1.0)),
+    Setting("LOG_FILE", None, "also log here (rotating)", "log_file", read_path),
+    Setting("HEALTHCHECK_URL", None, "ping URL/start, URL, URL/fail (healthchecks.io)",
+            "healthcheck_url", read_url),
+    Setting("METRICS_FILE", None, "the run's figures in the Prometheus text format",
+            "metrics_file", read_path),
 )
-DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
 
 def load_environment(env_file: str | None = None) -> dict:
@@ -301,107 +415,11 @@ def load_environment(env_file: str | None = None) -> dict:
 
 def load_settings(values: Mapping) -> Settings:
     """Build Settings from a mapping of variables, naming the first one that is missing or wrong."""
-    def get(name):
-        return (values.get(name) or "").strip() or DEFAULTS[name]
-
-    def number(name, kind=int, low=0.0, high=math.inf):
-        raw = get(name)
-        if raw is None:
-            return None
-        try:
-            value = kind(raw)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            noun = "whole number" if kind is int else "number"
-            bounds = f"of at least {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
-            raise ConfigError(f"{name}={raw!r} is not a {noun} {bounds}")
-        return value
-
-    def path(name):
-        value = get(name)
-        return HERE / Path(value).expanduser() if value else None  # cron starts in $HOME
-
-    mode = get("SYNC_MODE")
-    if mode not in ("auto", "full", "incremental"):
-        raise ConfigError(f"SYNC_MODE={mode!r} must be one of auto, full, incremental")
-    insales_field = get("INSALES_BARCODE_FIELD")
-    if insales_field not in INSALES_BARCODE_FIELDS:
-        raise ConfigError(f"INSALES_BARCODE_FIELD={insales_field!r} must be barcode or sku")
-    kaktus_field = get("KAK2C_BARCODE_FIELD")
-    if not FIELD_NAME.fullmatch(kaktus_field):
-        raise ConfigError(f"KAK2C_BARCODE_FIELD={kaktus_field!r} must be auto or the name of a "
-                          "Kaktus variant field, e.g. barcode, id, ean, article")
-    return Settings(
-        insales_url=_read_url(get, "INSALES_URL", required=True).removesuffix("/admin"),
-        insales_key=_require(get, "INSALES_API_KEY"),
-        insales_password=_require(get, "INSALES_API_PASSWORD"),
-        warehouse=number("INSALES_WAREHOUSE"),
-        kaktus_url=_read_url(get, "KAK2C_URL"),
-        kaktus_credentials=_read_kaktus_credentials(get, path),
-        kaktus_domain=get("KAK2C_DOMAIN"),
-        kaktus_page_size=number("KAK2C_PAGE_SIZE", low=1, high=10_000),
-        token_file=path("KAK2C_TOKEN_FILE"),
-        insales_barcode_field=insales_field,
-        kaktus_barcode_field=kaktus_field,
-        stock_rule=None if get("KAK2C_STOCK_FIELD") == "auto" else stock_rule(
-            get("KAK2C_STOCK_FIELD")),
-        stock_buffer=number("SYNC_STOCK_BUFFER", high=MAX_COUNT),
-        hold_minutes=number("SYNC_HOLD_MINUTES", float, high=7 * 24 * 60),
-        lock_file=path("SYNC_LOCK_FILE"),
-        mode=mode,
-        full_every=number("SYNC_FULL_EVERY", low=1),
-        interval=number("SYNC_INTERVAL", float, low=0.001, high=WATCH_MAX_GAP),
-        max_rpm=number("KAK2C_MAX_RPM", low=1, high=1_000_000),
-        state_file=path("SYNC_STATE_FILE"),
-        max_wait=number("SYNC_MAX_WAIT", float, high=86_400),
-        timeout=number("SYNC_TIMEOUT", float, low=0.1, high=3600),
-        guard_zero_share=number("SYNC_GUARD_ZERO_SHARE", float, high=1.0),
-        log_file=path("LOG_FILE"),
-        healthcheck_url=_read_url(get, "HEALTHCHECK_URL"),
-        metrics_file=path("METRICS_FILE"),
-    )
-
-
-def _require(get, name):
-    value = get(name)
-    if value is None:
-        raise ConfigError(f"{name} is not set (see .env.example)")
-    return value
-
-
-def _read_url(get, name, required=False):
-    url = _require(get, name) if required else get(name)
-    if url is None:
-        return None
-    scheme, _, rest = url.partition("://")
-    if scheme not in ("http", "https") or not rest:
-        raise ConfigError(f"{name}={url!r} is not an http(s) URL")
-    if "@" in rest.split("/", 1)[0]:
-        raise ConfigError(f"{name} must not carry credentials; use the key and password settings")
-    return url.rstrip("/")
-
-
-def _read_kaktus_credentials(get, path) -> bytes:
-    login, password = get("KAK2C_LOGIN"), get("KAK2C_PASSWORD")
-    if login or password:
-        if not (login and password):
-            raise ConfigError("KAK2C_LOGIN and KAK2C_PASSWORD go together: set both or neither")
-        return json.dumps({"login": login, "password": password}).encode()
-    source = path("KAK2C_CREDENTIALS_FILE")
-    try:
-        body = source.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"KAK2C_CREDENTIALS_FILE {source}: cannot read ({exc.strerror}); "
-                          "copy files/kak2c_info.example there or set KAK2C_LOGIN") from None
-    try:
-        valid = isinstance(json.loads(body), dict)
-    except (ValueError, RecursionError):
-        valid = False
-    if not valid:
-        raise ConfigError(f"KAK2C_CREDENTIALS_FILE {source}: not a JSON object like "
-                          '{"login": ..., "password": ...}')
-    return body
+    raw = {setting.name: (values.get(setting.name) or "").strip() or setting.default
+           for setting in SETTINGS}
+    fields = {setting.field: setting.read(setting.name, raw[setting.name])
+              for setting in SETTINGS if setting.field}
+    return Settings(kaktus_credentials=read_kaktus_credentials(raw), **fields)
 
 
 # --- logging, lock and files ------------------------------------------------------------------
@@ -428,6 +446,12 @@ class Formatter(logging.Formatter):
         return printable(super().format(record))
 
 
+def _add_handler(handler: logging.Handler, level: int) -> None:
+    handler.setLevel(level)
+    handler.setFormatter(Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+
+
 def configure_logging(verbosity: int) -> None:
     """Log to stderr: -v shows details, -q only warnings and errors."""
     for handler in list(log.handlers):
@@ -448,12 +472,6 @@ def add_log_file(path: Path, verbose: bool) -> None:
     except OSError as exc:
         raise ConfigError(f"LOG_FILE {path}: cannot open ({exc.strerror})") from None
     _add_handler(handler, logging.DEBUG if verbose else logging.INFO)
-
-
-def _add_handler(handler: logging.Handler, level: int) -> None:
-    handler.setLevel(level)
-    handler.setFormatter(Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
 
 
 def check_writable(setting: str, path: Path) -> None:
@@ -659,6 +677,10 @@ def stock_entry_keys(variant: dict) -> set:
 
 # --- the pure core: reading answers -----------------------------------------------------------
 
+def _kind_name(kind):
+    return {list: "list", dict: "object"}.get(kind, kind.__name__)
+
+
 def decode_json(body: bytes, where: str, kind: type, content_type: str | None = None):
     """Return a body's JSON if it is of the expected kind, else fail naming what is wrong."""
     try:
@@ -671,10 +693,6 @@ def decode_json(body: bytes, where: str, kind: type, content_type: str | None = 
         raise UpstreamError(f"{where}: expected a JSON {_kind_name(kind)}, "
                             f"got {_kind_name(type(value))}")
     return value
-
-
-def _kind_name(kind):
-    return {list: "list", dict: "object"}.get(kind, kind.__name__)
 
 
 def error_detail(body: bytes) -> str:
@@ -690,103 +708,6 @@ def error_detail(body: bytes) -> str:
     except (ValueError, RecursionError):
         return ""
     return f": {text[:200]}"
-
-
-def parse_kaktus_page(body: bytes, page: int) -> tuple:
-    """Return (products, recordsTotal) from a Kaktus page body, or fail naming what is wrong."""
-    where = f"Kaktus GET /api/lite/products?page={page}"
-    value = decode_json(body, where, dict)
-    if value.get("success") is False:
-        raise UpstreamError(f"{where}: error answer{error_detail(body)}")
-    products, total = value.get("products"), value.get("recordsTotal")
-    if not isinstance(products, list):
-        raise UpstreamError(f"{where}: no products list in the answer")
-    if isinstance(total, str) and total.isdigit() and len(total) < 19:
-        total = int(total)
-    if type(total) is not int or total < 0:  # noqa: E721 - bool is no count
-        raise UpstreamError(f"{where}: recordsTotal is missing or not a count")
-    return products, total
-
-
-def planned_pages(total: int, page_length: int) -> int:
-    """How many pages hold recordsTotal products, page 0 being this long (integers: a total of
-    10**400 is legal JSON)."""
-    return -(-total // page_length) if page_length else 1
-
-
-def digest(body: bytes) -> tuple:
-    """What tells a repeated page: its length and a 64-bit hash of every byte (pages of products
-    that begin and end alike must not look the same). Python's own hash of bytes is much
-    cheaper than hashlib's, and a repeat only has to be told within a run."""
-    return len(body), hash(body)
-
-
-def ends_fetching(body: bytes, page: int, digests: set) -> bool:
-    """Whether no page after this one need be fetched: it repeats an earlier one (`digests`,
-    to which it is added), or it holds no products (only short bodies are parsed for that)."""
-    seen = digest(body)
-    if seen in digests:
-        return True
-    digests.add(seen)
-    return len(body) < 1024 and not parse_kaktus_page(body, page)[0]
-
-
-def read_kaktus_pages(bodies: Iterable[bytes]) -> Iterator[list]:
-    """Yield each Kaktus page's new products, page 0 first, for as long as the walk needs
-    pages; fail when they do not add up.
-
-    The walk ends on an empty page, or once the pages recordsTotal needs are read; past them it
-    asks for more (KAKTUS_EXTRA_PAGES at most) only while they come full and new, as they do
-    while the catalogue grows. A page that repeats an earlier one (a server that ignores
-    ?page=), or brings no new product, or a catalogue short of its recordsTotal is an error,
-    never a loop or a partial catalogue.
-    """
-    bodies = iter(bodies)
-    body = next(bodies)
-    first, total = parse_kaktus_page(body, 0)
-    planned, digests, seen = planned_pages(total, len(first)), {digest(body)}, set()
-    yield new_products(first, seen)
-    number, last = 0, first
-    while number + 1 < planned or (
-            number + 1 < planned + KAKTUS_EXTRA_PAGES and len(seen) < total
-            and len(last) >= len(first) > 0):
-        number, body = number + 1, next(bodies, None)
-        if body is None:  # no more pages to be had
-            break
-        body_digest = digest(body)
-        if body_digest in digests:
-            raise UpstreamError(f"Kaktus page {number} is a page already read: the server "
-                                "does not move on with ?page=; nothing written")
-        digests.add(body_digest)
-        last, _ = parse_kaktus_page(body, number)
-        fresh = new_products(last, seen)
-        if not fresh and number < planned and last:
-            raise UpstreamError(f"Kaktus page {number} brings no new product: the server "
-                                "repeats itself; nothing written")
-        if not fresh:
-            break
-        yield fresh
-    if len(seen) < total:
-        raise UpstreamError(f"Kaktus catalogue is inconsistent: recordsTotal is {total} but "
-                            f"{len(seen)} distinct products came in {number + 1} pages")
-
-
-def new_products(products: list, seen: set) -> list:
-    """Keep the products not seen before, by id (a repeated page adds nothing)."""
-    fresh = []
-    for product in products:
-        key = product.get("id") if isinstance(product, dict) else None
-        if key is None:
-            try:
-                key = json.dumps(product, sort_keys=True)
-            except (ValueError, TypeError, RecursionError):
-                key = object()  # cannot be compared: count it as new
-        elif not isinstance(key, (int, str)):
-            key = repr(key)
-        if key not in seen:
-            seen.add(key)
-            fresh.append(product)
-    return fresh
 
 
 class Variant(NamedTuple):
@@ -928,6 +849,10 @@ class KaktusIndex:
         return ", ".join(f"{name}: {count}" for name, count in self.stock_rules.most_common())
 
 
+def _read_field(name: str, variant: dict) -> Collection[str]:
+    return read_codes(variant.get(name))
+
+
 def index_kaktus(pages: Iterable[list], rule: StockRule | None,
                  barcode_field: str = "auto") -> KaktusIndex:
     """Index Kaktus variants by barcode, in both shapes: product->variants and one per product.
@@ -987,10 +912,6 @@ def index_kaktus(pages: Iterable[list], rule: StockRule | None,
     return index
 
 
-def _read_field(name: str, variant: dict) -> Collection[str]:
-    return read_codes(variant.get(name))
-
-
 # --- the pure core: holds ---------------------------------------------------------------------
 
 class Track(NamedTuple):
@@ -1011,6 +932,21 @@ class HoldEvent(NamedTuple):
     kind: str        # "sale", "caught up", "cancelled", "expired"
     units: int
     age: float = 0.0  # "caught up": how long the oldest hold it released had waited
+
+
+def _release(holds: list, units: int, newest_first: bool) -> int:
+    """Take up to `units` held units off `holds` (in place); return how many were released."""
+    released = 0
+    while holds and released < units:
+        at = -1 if newest_first else 0
+        held, seen_at = holds[at]
+        take = min(held, units - released)
+        released += take
+        if take == held:
+            holds.pop(at)
+        else:
+            holds[at] = (held - take, seen_at)
+    return released
 
 
 def follow_holds(track: Track | None, quantity: int, stock: int, moved: bool, now: float,
@@ -1049,21 +985,6 @@ def follow_holds(track: Track | None, quantity: int, stock: int, moved: bool, no
         released = _release(holds, track.stock - stock, newest_first=False)
         events.append(HoldEvent("caught up", released, age))
     return tuple(holds), tuple(events)
-
-
-def _release(holds: list, units: int, newest_first: bool) -> int:
-    """Take up to `units` held units off `holds` (in place); return how many were released."""
-    released = 0
-    while holds and released < units:
-        at = -1 if newest_first else 0
-        held, seen_at = holds[at]
-        take = min(held, units - released)
-        released += take
-        if take == held:
-            holds.pop(at)
-        else:
-            holds[at] = (held - take, seen_at)
-    return released
 
 
 def has_moved(variant: Variant, track: Track | None, read_at: Mapping) -> bool:
@@ -1118,6 +1039,12 @@ UNKNOWN_STOCK = Decision("unknown", "skip", "unknown stock")
 MISSING = object()
 
 
+def hold_text(holds: tuple, rules: Rules) -> str:
+    """'2 until 13:04': the units held and when the last of them expires, local time."""
+    until = datetime.fromtimestamp(max(at for _, at in holds) + rules.hold_window)
+    return f"{held_units(holds)} until {until:%H:%M}"
+
+
 def decide(quantity: int | None, stock: int | None, track: Track | None, moved: bool,
            now: float, rules: Rules) -> Decision:
     """Decide a barcode that one InSales variant and one Kaktus variant hold, from all it
@@ -1165,12 +1092,6 @@ def decide_unique(unique: dict, kaktus: KaktusIndex, previous: Mapping, now: flo
         if decision is None:
             decision = table[key] = decide(*key, now, rules)
         yield variant, decision
-
-
-def hold_text(holds: tuple, rules: Rules) -> str:
-    """'2 until 13:04': the units held and when the last of them expires, local time."""
-    until = datetime.fromtimestamp(max(at for _, at in holds) + rules.hold_window)
-    return f"{held_units(holds)} until {until:%H:%M}"
 
 
 @dataclass
@@ -1384,6 +1305,37 @@ def make_session(base_url: str, headers: Mapping | None = None) -> requests.Sess
     return session
 
 
+def read_body(response: requests.Response) -> bytes:
+    """Read a body in one go: requests' .content takes it 10 KB at a time, each a trip through
+    urllib3, which on a big catalogue costs a good share of the run's CPU (README,
+    Performance)."""
+    with response:
+        return b"".join(response.iter_content(None))
+
+
+USAGE = re.compile(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*")
+
+
+def parse_usage(header: str | None) -> tuple | None:
+    """Read `API-Usage-Limit: used/limit`; None unless it is that with a sane limit."""
+    found = USAGE.fullmatch(header or "")
+    if not found:
+        return None
+    used, limit = int(found[1]), int(found[2])
+    return (used, limit) if 10 <= limit <= 1_000_000 and used <= limit else None
+
+
+def retry_after(headers: Mapping, default: float) -> float:
+    """Read Retry-After as seconds or an HTTP date; fall back to the backoff."""
+    value = headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return default
+
+
 class Api:
     """One upstream API: its session, timeout, request count, retry policy and usage pacing."""
 
@@ -1474,37 +1426,6 @@ class Api:
         log.debug("%s: API-Usage-Limit %s/%s, slowing down", self.name, used, limit)
         self.paced += wait
         self.policy.sleep(wait)
-
-
-def read_body(response: requests.Response) -> bytes:
-    """Read a body in one go: requests' .content takes it 10 KB at a time, each a trip through
-    urllib3, which on a big catalogue costs a good share of the run's CPU (README,
-    Performance)."""
-    with response:
-        return b"".join(response.iter_content(None))
-
-
-USAGE = re.compile(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*")
-
-
-def parse_usage(header: str | None) -> tuple | None:
-    """Read `API-Usage-Limit: used/limit`; None unless it is that with a sane limit."""
-    found = USAGE.fullmatch(header or "")
-    if not found:
-        return None
-    used, limit = int(found[1]), int(found[2])
-    return (used, limit) if 10 <= limit <= 1_000_000 and used <= limit else None
-
-
-def retry_after(headers: Mapping, default: float) -> float:
-    """Read Retry-After as seconds or an HTTP date; fall back to the backoff."""
-    value = headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return default
 
 
 def expect_ok(answer: Answer, where: str) -> None:
@@ -1624,7 +1545,107 @@ class KaktusToken:
             log.warning("KAK2C_TOKEN_FILE %s: cannot write (%s)", self.cache, exc.strerror)
 
 
-# --- reading Kaktus ---------------------------------------------------------------------------
+# --- the Kaktus walk: where it stops, and fetching its pages ----------------------------------
+
+KAKTUS_THREADS = 4           # Kaktus pages are numbered, so a few can be fetched at once
+LOOKAHEAD = 2 * KAKTUS_THREADS  # Kaktus pages asked ahead of the last one checked
+KAKTUS_EXTRA_PAGES = 4       # pages read past recordsTotal's count while the catalogue grows
+
+
+def parse_kaktus_page(body: bytes, page: int) -> tuple:
+    """Return (products, recordsTotal) from a Kaktus page body, or fail naming what is wrong."""
+    where = f"Kaktus GET /api/lite/products?page={page}"
+    value = decode_json(body, where, dict)
+    if value.get("success") is False:
+        raise UpstreamError(f"{where}: error answer{error_detail(body)}")
+    products, total = value.get("products"), value.get("recordsTotal")
+    if not isinstance(products, list):
+        raise UpstreamError(f"{where}: no products list in the answer")
+    if isinstance(total, str) and total.isdigit() and len(total) < 19:
+        total = int(total)
+    if type(total) is not int or total < 0:  # noqa: E721 - bool is no count
+        raise UpstreamError(f"{where}: recordsTotal is missing or not a count")
+    return products, total
+
+
+def planned_pages(total: int, page_length: int) -> int:
+    """How many pages hold recordsTotal products, page 0 being this long (integers: a total of
+    10**400 is legal JSON)."""
+    return -(-total // page_length) if page_length else 1
+
+
+def digest(body: bytes) -> tuple:
+    """What tells a repeated page: its length and a 64-bit hash of every byte (pages of products
+    that begin and end alike must not look the same). Python's own hash of bytes is much
+    cheaper than hashlib's, and a repeat only has to be told within a run."""
+    return len(body), hash(body)
+
+
+def ends_fetching(body: bytes, page: int, digests: Collection) -> bool:
+    """Whether no page after this one need be fetched: it repeats an earlier one (its digest
+    is among `digests`), or it holds no products (only short bodies are parsed for that). It
+    is read_kaktus_pages()'s rule told from the bodies alone, for the pages fetched ahead."""
+    return digest(body) in digests or len(body) < 1024 and not parse_kaktus_page(body, page)[0]
+
+
+def new_products(products: list, seen: set) -> list:
+    """Keep the products not seen before, by id (a repeated page adds nothing)."""
+    fresh = []
+    for product in products:
+        key = product.get("id") if isinstance(product, dict) else None
+        if key is None:
+            try:
+                key = json.dumps(product, sort_keys=True)
+            except (ValueError, TypeError, RecursionError):
+                key = object()  # cannot be compared: count it as new
+        elif not isinstance(key, (int, str)):
+            key = repr(key)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(product)
+    return fresh
+
+
+def read_kaktus_pages(bodies: Iterable[bytes], first: tuple | None = None) -> Iterator[list]:
+    """Yield each Kaktus page's new products, page 0 first, for as long as the walk needs
+    pages; fail when they do not add up. This is where the walk stops. `first`: page 0 as
+    parse_kaktus_page() read it, when the fetching did already.
+
+    The walk ends on an empty page, or once the pages recordsTotal needs are read; past them it
+    asks for more (KAKTUS_EXTRA_PAGES at most) only while they come full and new, as they do
+    while the catalogue grows. A page that repeats an earlier one (a server that ignores
+    ?page=), or brings no new product, or a catalogue short of its recordsTotal is an error,
+    never a loop or a partial catalogue.
+    """
+    bodies = iter(bodies)
+    body = next(bodies)
+    first, total = first or parse_kaktus_page(body, 0)
+    planned, digests, seen = planned_pages(total, len(first)), {digest(body)}, set()
+    yield new_products(first, seen)
+    number, last = 0, first
+    while number + 1 < planned or (
+            number + 1 < planned + KAKTUS_EXTRA_PAGES and len(seen) < total
+            and len(last) >= len(first) > 0):
+        number, body = number + 1, next(bodies, None)
+        if body is None:  # no more pages to be had
+            break
+        body_digest = digest(body)
+        if body_digest in digests:
+            raise UpstreamError(f"Kaktus page {number} is a page already read: the server "
+                                "does not move on with ?page=; nothing written")
+        digests.add(body_digest)
+        last, _ = parse_kaktus_page(body, number)
+        fresh = new_products(last, seen)
+        if not fresh and number < planned and last:
+            raise UpstreamError(f"Kaktus page {number} brings no new product: the server "
+                                "repeats itself; nothing written")
+        if not fresh:
+            break
+        yield fresh
+    if len(seen) < total:
+        raise UpstreamError(f"Kaktus catalogue is inconsistent: recordsTotal is {total} but "
+                            f"{len(seen)} distinct products came in {number + 1} pages")
+
 
 def fetch_kaktus_page(api: Api, token: KaktusToken, page: int,
                      size: int | None = None) -> bytes:
@@ -1644,8 +1665,9 @@ def fetch_kaktus_page(api: Api, token: KaktusToken, page: int,
 
 
 def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress: Progress,
-                      stop: threading.Event) -> list:
-    """Fetch the Kaktus catalogue's page bodies, page 0 first, until one ends the fetching.
+                      stop: threading.Event) -> tuple:
+    """Fetch the Kaktus catalogue's page bodies, page 0 first, until one ends the fetching;
+    return (page 0 parsed, the bodies).
 
     Page 0 tells how many pages there are; the rest are fetched KAKTUS_THREADS at a time, at
     most LOOKAHEAD ahead of the last one checked, so that a page that repeats an earlier one
@@ -1653,10 +1675,10 @@ def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress:
     `stop` (the other catalogue failed). The pages are not parsed here: read_kaktus_pages does
     that, and says whether they add up.
     """
-    first = fetch_kaktus_page(api, token, 0, size)
-    products, total = parse_kaktus_page(first, 0)
-    planned = planned_pages(total, len(products))
-    bodies, digests = [first], {digest(first)}
+    body = fetch_kaktus_page(api, token, 0, size)
+    first = parse_kaktus_page(body, 0)
+    planned = planned_pages(first[1], len(first[0]))
+    bodies, digests = [body], {digest(body)}
     numbers = iter(range(1, planned))
 
     def fetch(page: int) -> bytes:
@@ -1672,6 +1694,7 @@ def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress:
                 bodies.append(future.result())
                 if ends_fetching(bodies[-1], number, digests):
                     break
+                digests.add(digest(bodies[-1]))
                 following = next(numbers, None)
                 if following is not None:
                     pending.append((following, pool.submit(fetch, following)))
@@ -1679,7 +1702,7 @@ def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress:
             # A page that failed for good, or a fetch that ends: don't fetch what is queued.
             for _, future in pending:
                 future.cancel()
-    return bodies
+    return first, bodies
 
 
 def more_kaktus_pages(api: Api, token: KaktusToken, size: int | None,
@@ -1905,6 +1928,14 @@ def _read_holds(value) -> tuple:
     return tuple((units, float(at)) for units, at in value)
 
 
+def _tracked(key: str, tracks: dict) -> int:
+    """The variant id a state's key names, which must be one of the tracks'."""
+    variant_id = int(key) if key.isdigit() else None
+    if variant_id not in tracks:
+        raise BadState("a key of an unknown variant")
+    return variant_id
+
+
 def read_state(data: dict) -> State:
     """Build a State from the file's JSON, checking every value it takes; raise BadState."""
     ids, *columns = _read_columns(_get(data, "tracks", dict), TRACK_COLUMNS)
@@ -1927,14 +1958,6 @@ def read_state(data: dict) -> State:
                                      tuple(cursor), float(_get(catalogue, "full_walk_at", NUMBER)),
                                      products=_get(catalogue, "products", int))
     return State(tracks, read_at, catalogue)
-
-
-def _tracked(key: str, tracks: dict) -> int:
-    """The variant id a state's key names, which must be one of the tracks'."""
-    variant_id = int(key) if key.isdigit() else None
-    if variant_id not in tracks:
-        raise BadState("a key of an unknown variant")
-    return variant_id
 
 
 def load_state(settings: Settings) -> State | None:
@@ -2284,12 +2307,12 @@ def fetch_catalogues(job: Job, known: InSalesCatalogue | None, progress: Progres
                               known, progress, stop, now)
         reading.add_done_callback(lambda done: done.exception() and stop.set())
         try:
-            fetched = fetch_kaktus_pages(job.kaktus, token, size, progress, stop)
+            first, fetched = fetch_kaktus_pages(job.kaktus, token, size, progress, stop)
         except BaseException:
             stop.set()
             raise
         catalogue = reading.result()  # an InSales failure is the run's failure
-    pages = read_kaktus_pages(more_kaktus_pages(job.kaktus, token, size, fetched))
+    pages = read_kaktus_pages(more_kaktus_pages(job.kaktus, token, size, fetched), first)
     return catalogue, index_kaktus(pages, settings.stock_rule, settings.kaktus_barcode_field)
 
 

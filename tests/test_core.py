@@ -16,6 +16,7 @@ from sync_stock import (
     Variant,
     check_guard,
     decide,
+    digest,
     ends_fetching,
     follow_holds,
     index_kaktus,
@@ -451,11 +452,12 @@ def test_a_growing_catalogue_is_read_past_records_total_while_pages_come_full():
 
 def test_fetching_ends_at_a_repeated_or_empty_page():
     """ends_fetching tells, without parsing big bodies, the pages after which none is needed."""
-    digests = set()
-    assert not ends_fetching(page([1, 2], 4), 0, digests)
+    digests = {digest(page([1, 2], 4))}
+    assert not ends_fetching(page([3, 4], 4), 1, digests)
     assert ends_fetching(page([1, 2], 4), 1, digests)
     assert ends_fetching(page([], 4), 2, digests)
     assert not ends_fetching(page(range(500), 900), 3, digests)
+    assert digests == {digest(page([1, 2], 4))}  # it only answers
 
 
 @pytest.mark.parametrize("entries, expected", [
