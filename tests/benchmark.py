@@ -166,16 +166,29 @@ def run_naive(box) -> dict:
                variants=len(matched))
 
 
-def scenario_scale(products: int, sizes: int, folder: str) -> dict:
-    """A big catalogue without latency: client CPU against json.loads alone, and peak RSS."""
+@contextlib.contextmanager
+def big_sandbox(products: int, sizes: int, folder: str, name: str):
+    """A big, clean sample shop served by a process of its own; yield its settings, with files
+    named after the scenario."""
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "sandbox.py"), "--products", str(products),
-         "--sizes", str(sizes), "--plain", "--rate-limit", "100000"],
+         "--sizes", str(sizes), "--plain", "--rate-limit", "1000000"],
         stdout=subprocess.PIPE, text=True)
     try:
         env = json.loads(server.stdout.readline())
-        env.update(KAK2C_TOKEN_FILE=f"{folder}/scale_token", SYNC_LOCK_FILE=f"{folder}/scale.lock",
-                   SYNC_STATE_FILE=f"{folder}/scale_state.json", SYNC_MODE="full")
+        env.update(KAK2C_TOKEN_FILE=f"{folder}/{name}_token",
+                   SYNC_LOCK_FILE=f"{folder}/{name}.lock",
+                   SYNC_STATE_FILE=f"{folder}/{name}_state.json")
+        yield env
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def scenario_scale(products: int, sizes: int, folder: str) -> dict:
+    """A big catalogue without latency: client CPU against json.loads alone, and peak RSS."""
+    with big_sandbox(products, sizes, folder, "scale") as env:
+        env["SYNC_MODE"] = "full"
         run_client(env)  # the first install: writes what differs, keeps the state
         ours = run_client(env)  # steady state, a child of its own for its peak RSS
         bodies, walk = fetch_bodies(env)
@@ -191,9 +204,6 @@ def scenario_scale(products: int, sizes: int, folder: str) -> dict:
         ratios = sorted(ours / theirs for ours, theirs in pairs)
         pipeline, loads = (min(side) for side in zip(*pairs))
         stores = compare_state_stores(settings)
-    finally:
-        server.terminate()
-        server.wait()
     ours["cpu_s"] = cpu
     note = (f"{products * sizes} variants, {sum(map(len, bodies)) / 1e6:.0f} MB of JSON in "
             f"{len(bodies)} answers; json.loads alone {loads:.2f} s CPU; parse, index, join, "
@@ -473,14 +483,7 @@ def scenario_watch_cpu(products: int, sizes: int, folder: str, syncs: int,
     share of one core at the pace it keeps by default (the Kaktus pages at KAK2C_MAX_RPM=120).
     A run first writes what differs; `quiet` seconds later, when InSales' last change is old
     enough that a walk no longer looks at it again, the watch starts."""
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "sandbox.py"), "--products", str(products),
-         "--sizes", str(sizes), "--plain", "--rate-limit", "1000000"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        env = json.loads(server.stdout.readline())
-        env.update(KAK2C_TOKEN_FILE=f"{folder}/cpu_token", SYNC_LOCK_FILE=f"{folder}/cpu.lock",
-                   SYNC_STATE_FILE=f"{folder}/cpu_state.json")
+    with big_sandbox(products, sizes, folder, "cpu") as env:
         run_client(env)  # the install: what differs is written
         time.sleep(quiet)
         watcher = Watch(env, SYNC_INTERVAL="0.001", KAK2C_MAX_RPM="1000000")
@@ -493,14 +496,12 @@ def scenario_watch_cpu(products: int, sizes: int, folder: str, syncs: int,
             last = watcher.lines[-1][1]
         finally:
             watcher.stop()
-    finally:
-        server.terminate()
-        server.wait()
     pages = last["requests"]["kak2c"]
-    pace = min(60.0, max(10.0, pages * 60 / 120))
+    # the defaults: SYNC_INTERVAL=10, KAK2C_MAX_RPM=120, never past a minute
+    pace = min(sync_stock.WATCH_MAX_GAP, max(10.0, pages * 60 / 120))
     note = (f"{products * sizes} variants, {pages} Kaktus pages a sync: {per_sync:.2f} s CPU a "
             f"sync back to back ({wall:.2f} s wall); at its default pace of a sync every "
-            f"{pace:.0f} s, {per_sync / pace:.1%} of one core")
+            f"{pace:g} s, {per_sync / pace:.1%} of one core")
     summary = {"requests": last["requests"], "duration_s": wall}
     return row(f"watch CPU, {products * sizes // 1000}k", summary, "steady state", note=note)
 
