@@ -2349,8 +2349,9 @@ def plan_sync(job: Job, options: Options, memory: Memory,
     dates the holds. A SyncError it lets out carries a result, for sync_once to summarise."""
     settings, now = job.settings, clock()
     state = memory.state if memory.state is not None else load_state(settings)
-    full = memory.watching and memory.syncs == 0 or needs_full_walk(settings, state, now,
-                                                                    memory.watching)
+    # a watch walks whole until it keeps a state of its own, then as SYNC_FULL_EVERY says
+    full = memory.watching and memory.state is None or needs_full_walk(settings, state, now,
+                                                                       memory.watching)
     mode = "full" if full else "incremental"
     progress = Progress(options.progress)
     try:
@@ -2473,23 +2474,28 @@ def budget_wait(sent: list, window: float, budget: int, need: int, now: float) -
     return max(0.0, sent[min(excess, len(sent)) - 1] + window + 1 - now)
 
 
+def insales_budget(api: Api) -> int:
+    """A watch's own InSales requests in any RATE_WINDOW: half of what the shop allows, the
+    other half left to whatever else uses the same app."""
+    return (api.limit or RATE_LIMIT) // 2
+
+
 def watch_pace(job: Job, needs: tuple) -> float:
     """The seconds between the starts of two syncs that keep `needs` (the InSales and Kaktus
-    requests of a sync) within half the InSales budget and KAK2C_MAX_RPM, from SYNC_INTERVAL
-    to WATCH_MAX_GAP."""
+    requests of a sync) within the InSales budget and KAK2C_MAX_RPM, from SYNC_INTERVAL to
+    WATCH_MAX_GAP."""
     settings, (insales, kaktus) = job.settings, needs
-    budget = (job.insales.limit or RATE_LIMIT) // 2
-    return min(WATCH_MAX_GAP, max(settings.interval, insales * RATE_WINDOW / budget,
+    return min(WATCH_MAX_GAP, max(settings.interval,
+                                  insales * RATE_WINDOW / insales_budget(job.insales),
                                   kaktus * KAKTUS_WINDOW / settings.max_rpm))
 
 
 def next_wait(job: Job, needs: tuple, started: float, delay: float, now: float) -> float:
     """How long to wait for the next sync: `delay` after the last one started, longer while
     the requests of the last minutes leave no room for `needs`, never past WATCH_MAX_GAP."""
-    budget = (job.insales.limit or RATE_LIMIT) // 2
     wait = max(started + delay - now,
-               budget_wait(job.insales.sent_within(RATE_WINDOW), RATE_WINDOW, budget,
-                           needs[0], now),
+               budget_wait(job.insales.sent_within(RATE_WINDOW), RATE_WINDOW,
+                           insales_budget(job.insales), needs[0], now),
                budget_wait(job.kaktus.sent_within(KAKTUS_WINDOW), KAKTUS_WINDOW,
                            job.settings.max_rpm, needs[1], now))
     return max(0.0, min(wait, started + WATCH_MAX_GAP - now))
@@ -2520,9 +2526,6 @@ class Spell:
         self.failures = 0
 
 
-WATCH_OPTIONS = Options()
-
-
 def watch(args: argparse.Namespace, job: Job, memory: Memory, clock: Callable[[], float],
           wait: Callable[[float], bool]) -> int:
     """Sync again and again until `wait` says stop: each sync a whole run, paced by
@@ -2532,10 +2535,10 @@ def watch(args: argparse.Namespace, job: Job, memory: Memory, clock: Callable[[]
     log.info("watching: a sync every %g s (SYNC_INTERVAL) or as the budgets allow",
              settings.interval)
     ping_healthcheck(settings.healthcheck_url, "/start")
-    needs, delay = (2, 1), settings.interval  # an incremental walk that finds nothing: 2 pages
+    needs, delay = (2, 1), settings.interval  # a quiet shop's incremental walk: 2 pages at most
     while True:
         started = clock()
-        result = sync_once(job, WATCH_OPTIONS, memory, clock)
+        result = sync_once(job, Options(), memory, clock)
         gc.collect()  # this sync's cycles; then what lives on is not scanned again
         gc.freeze()
         spell.follow(result, clock())

@@ -321,3 +321,14 @@ def test_cron_as_a_supervisor_finds_the_watch_and_says_nothing(box, env, tmp_pat
         child.communicate(timeout=20)
     assert (cron.returncode, cron.stdout, cron.stderr) == (0, "", "")
     assert child.returncode == 0
+
+
+def test_a_watch_walks_whole_until_it_kept_a_state_of_its_own(box, watch, run):
+    """A watch started over an old state walks InSales whole, and again when that first sync
+    failed; then only what changed."""
+    add_pair(box, "V1", 1, 1)
+    assert run(SYNC_MODE="incremental").code == 0  # a state with a catalogue, from cron
+    box.kak2c.inject("GET /api/lite/products", status=500, times=5)
+    result = watch(syncs=3)
+    assert [s["status"] for s in result.summaries] == ["failed", "ok", "ok"]
+    assert [s["mode"] for s in result.summaries] == ["full", "full", "incremental"]
