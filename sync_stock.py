@@ -1606,9 +1606,9 @@ def new_products(products: list, seen: set) -> list:
     return fresh
 
 
-def read_kaktus_pages(bodies: Iterable[bytes], first: tuple | None = None) -> Iterator[list]:
+def read_kaktus_pages(bodies: Iterable[bytes], page0: tuple | None = None) -> Iterator[list]:
     """Yield each Kaktus page's new products, page 0 first, for as long as the walk needs
-    pages; fail when they do not add up. This is where the walk stops. `first`: page 0 as
+    pages; fail when they do not add up. This is where the walk stops. `page0`: page 0 as
     parse_kaktus_page() read it, when the fetching did already.
 
     The walk ends on an empty page, or once the pages recordsTotal needs are read; past them it
@@ -1619,7 +1619,7 @@ def read_kaktus_pages(bodies: Iterable[bytes], first: tuple | None = None) -> It
     """
     bodies = iter(bodies)
     body = next(bodies)
-    first, total = first or parse_kaktus_page(body, 0)
+    first, total = page0 or parse_kaktus_page(body, 0)
     planned, digests, seen = planned_pages(total, len(first)), {digest(body)}, set()
     yield new_products(first, seen)
     number, last = 0, first
@@ -1676,8 +1676,8 @@ def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress:
     that, and says whether they add up.
     """
     body = fetch_kaktus_page(api, token, 0, size)
-    first = parse_kaktus_page(body, 0)
-    planned = planned_pages(first[1], len(first[0]))
+    page0 = parse_kaktus_page(body, 0)
+    planned = planned_pages(page0[1], len(page0[0]))
     bodies, digests = [body], {digest(body)}
     numbers = iter(range(1, planned))
 
@@ -1702,7 +1702,7 @@ def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress:
             # A page that failed for good, or a fetch that ends: don't fetch what is queued.
             for _, future in pending:
                 future.cancel()
-    return first, bodies
+    return page0, bodies
 
 
 def more_kaktus_pages(api: Api, token: KaktusToken, size: int | None,
@@ -2307,12 +2307,12 @@ def fetch_catalogues(job: Job, known: InSalesCatalogue | None, progress: Progres
                               known, progress, stop, now)
         reading.add_done_callback(lambda done: done.exception() and stop.set())
         try:
-            first, fetched = fetch_kaktus_pages(job.kaktus, token, size, progress, stop)
+            page0, fetched = fetch_kaktus_pages(job.kaktus, token, size, progress, stop)
         except BaseException:
             stop.set()
             raise
         catalogue = reading.result()  # an InSales failure is the run's failure
-    pages = read_kaktus_pages(more_kaktus_pages(job.kaktus, token, size, fetched), first)
+    pages = read_kaktus_pages(more_kaktus_pages(job.kaktus, token, size, fetched), page0)
     return catalogue, index_kaktus(pages, settings.stock_rule, settings.kaktus_barcode_field)
 
 
