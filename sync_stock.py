@@ -1235,8 +1235,8 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> dict:
             f"in INSALES_BARCODE_FIELD={field}{hint}")
     if kaktus.unknown * 2 > kaktus.variants:
         unknown = kaktus.first_unknown or {}
-        where = "a stock entry" if isinstance(unknown.get("stock"), (list, dict)) else \
-            "the variant (it has no stock list)"
+        where = ("the variant (it has no stock list)" if stock_entries(unknown) == [unknown]
+                 else "a stock entry")
         stock_keys = ", ".join(sorted(stock_entry_keys(unknown))) or "-"
         read = "" if settings.stock_rule else f" ({AUTO_STOCK_TEXT})"
         warnings["unknown stock"] = (
