@@ -63,13 +63,17 @@ class Fault:
 
     match: str                   # a substring of "METHOD /path?query"
     status: int | None = 500     # None: answer normally (after `run`)
-    body: object = b""           # bytes or str as they are; anything else as JSON
+    body: object = b""           # bytes or str as they are; a function of the Request (an
+                                 # echo of what was sent); anything else as JSON
     headers: dict = field(default_factory=dict)
     times: int = 1               # how many matching requests get it
     after: int = 0               # let this many matching requests through first
     reset: bool = False          # drop the connection without answering
     lose_answer: bool = False    # serve the request (a write lands), then drop the answer
     hang: float = 0.0            # wait this long first (a read timeout)
+    drip: float = 0.0            # send the answer a byte at a time, this many seconds apart,
+    drip_after: int = 0          # after sending this many bytes at once (the headers, say)
+    endless: bool = False        # after the headers, send 1 MiB chunks until the client goes
     run: Callable | None = None  # do this first (e.g. expire the tokens)
 
 
@@ -188,6 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and fault.status is not None:
             headers = {"Content-Type": JSON, **fault.headers}
             status, body = fault.status, fault.body
+            if callable(body):
+                body = body(request)
         else:
             status, headers, body = emulator.handle(request)
         if fault and fault.lose_answer:
@@ -197,21 +203,59 @@ class _Handler(BaseHTTPRequestHandler):
         if emulator.rewrite is not None:
             status, headers, body = emulator.rewrite(request, status, headers, body)
         emulator.record(request, status)
-        self.answer(status, headers, body)
+        if fault and fault.endless:
+            self.answer_endlessly(status, headers)
+        elif fault and fault.drip:
+            self.drip(status, headers, body, fault)
+        else:
+            self.answer(status, headers, body)
 
     def answer(self, status: int, headers: dict, body) -> None:
-        if not isinstance(body, (bytes, str)):
-            body = json.dumps(body, ensure_ascii=False)
-        try:
-            payload = body.encode() if isinstance(body, str) else body
-        except UnicodeEncodeError:  # a lone surrogate: sent as the JSON escape it came from
-            payload = json.dumps(json.loads(body)).encode()
+        payload = self.payload(body)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    @staticmethod
+    def payload(body) -> bytes:
+        if not isinstance(body, (bytes, str)):
+            body = json.dumps(body, ensure_ascii=False)
+        try:
+            return body.encode() if isinstance(body, str) else body
+        except UnicodeEncodeError:  # a lone surrogate: sent as the JSON escape it came from
+            return json.dumps(json.loads(body)).encode()
+
+    def drip(self, status: int, headers: dict, body, fault: Fault) -> None:
+        """Send the whole answer, status line included, a byte at a time after the first
+        `drip_after` bytes, as a server or proxy that has all but stalled."""
+        payload = self.payload(body)
+        head = "".join(f"{name}: {value}\r\n" for name, value in
+                       {**headers, "Content-Length": len(payload)}.items())
+        raw = f"HTTP/1.1 {status} Slow\r\n{head}\r\n".encode() + payload
+        self.wfile.write(raw[:fault.drip_after])
+        for at in range(fault.drip_after, len(raw)):
+            time.sleep(fault.drip)
+            self.wfile.write(raw[at:at + 1])
+            self.wfile.flush()
+        self.close_connection = True
+
+    def answer_endlessly(self, status: int, headers: dict) -> None:
+        """Send the headers, then 1 MiB chunks of a JSON array that never closes, until the
+        client hangs up."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"[" + b"1," * (2**19 - 1)
+        try:
+            while True:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            self.close_connection = True
 
     def drop_connection(self) -> None:
         """Close with a TCP reset, as a crashed proxy does."""

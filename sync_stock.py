@@ -17,13 +17,17 @@ import argparse
 import base64
 import csv
 import dataclasses
+import difflib
 import email.utils
+import errno
 import fcntl
 import functools
 import gc
 import hashlib
 import heapq
+import html
 import io
+import ipaddress
 import itertools
 import json
 import logging
@@ -33,6 +37,9 @@ import operator
 import os
 import re
 import signal
+import socket
+import ssl
+import stat
 import sys
 import tempfile
 import threading
@@ -46,9 +53,11 @@ from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
+import requests.adapters
+import urllib3
 from dotenv import dotenv_values
 
 __version__ = "1.1.0"
@@ -186,6 +195,7 @@ class Settings:
     warehouse: int | None
     kaktus_url: str
     kaktus_credentials: bytes = field(repr=False)  # the login body, posted as-is
+    kaktus_credentials_file: Path | None  # where it was read, unless KAK2C_LOGIN gave it
     kaktus_domain: str | None
     kaktus_page_size: int | None
     token_file: Path
@@ -231,14 +241,16 @@ class Settings:
 
     @property
     def secrets(self) -> set:
-        """The password values: what an API may echo back and no output may carry."""
+        """What an API may echo back and no output may carry: the password values, and the
+        Basic credential that carries the InSales one."""
         try:
             fields = json.loads(self.kaktus_credentials)
         except ValueError:
             fields = {}
         found = {str(value) for key, value in fields.items()
                  if "pass" in str(key).lower() and isinstance(value, (str, int, float))}
-        return {s for s in found | {self.insales_password} if s}
+        basic = base64.b64encode(f"{self.insales_key}:{self.insales_password}".encode())
+        return {s for s in found | {self.insales_password, basic.decode()} if s}
 
 
 # How a setting is read: (its name, its text or None when unset) -> its value, or a
@@ -265,8 +277,27 @@ def read_url(name: str, raw: str | None) -> str | None:
     return raw.rstrip("/")
 
 
+def is_this_machine(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_url(name: str, raw: str | None) -> str:
+    """An API's address: https, or http to this machine only (the sandbox): over http the app
+    password and the Kaktus login would cross the network in clear."""
+    url = read_url(name, raw)
+    if url.startswith("http://") and not is_this_machine(url):
+        raise ConfigError(f"{name}={raw!r}: http:// would send the passwords in clear; set it "
+                          f"to {'https://' + url.removeprefix('http://')} (http:// is only for "
+                          "this machine: localhost, 127.0.0.1, ::1)")
+    return url
+
+
 def read_shop_url(name: str, raw: str | None) -> str:
-    return read_url(name, read_required(name, raw)).removesuffix("/admin")
+    return read_api_url(name, read_required(name, raw)).removesuffix("/admin")
 
 
 def read_path(name: str, raw: str | None) -> Path | None:
@@ -308,13 +339,14 @@ def read_stock_field(name: str, raw: str | None) -> StockRule | None:
     return None if raw == "auto" else stock_rule(raw)
 
 
-def read_kaktus_credentials(raw: Mapping) -> bytes:
-    """The Kaktus login body: KAK2C_LOGIN and KAK2C_PASSWORD, or KAK2C_CREDENTIALS_FILE as is."""
+def read_kaktus_credentials(raw: Mapping) -> tuple:
+    """The Kaktus login body, from KAK2C_LOGIN and KAK2C_PASSWORD or KAK2C_CREDENTIALS_FILE as
+    it is, and the file it was read from (None for the first)."""
     login, password = raw["KAK2C_LOGIN"], raw["KAK2C_PASSWORD"]
     if login or password:
         if not (login and password):
             raise ConfigError("KAK2C_LOGIN and KAK2C_PASSWORD go together: set both or neither")
-        return json.dumps({"login": login, "password": password}).encode()
+        return json.dumps({"login": login, "password": password}).encode(), None
     source = read_path("KAK2C_CREDENTIALS_FILE", raw["KAK2C_CREDENTIALS_FILE"])
     try:
         body = source.read_bytes()
@@ -328,7 +360,7 @@ def read_kaktus_credentials(raw: Mapping) -> bytes:
     if not valid:
         raise ConfigError(f"KAK2C_CREDENTIALS_FILE {source}: not a JSON object like "
                           '{"login": ..., "password": ...}')
-    return body
+    return body, source
 
 
 class Setting(NamedTuple):
@@ -353,7 +385,8 @@ SETTINGS = (
             "warehouse", read_number()),
     Setting("INSALES_BARCODE_FIELD", "barcode", "the variant field with the barcode: barcode, sku",
             "insales_barcode_field", read_choice(*INSALES_BARCODE_FIELDS)),
-    Setting("KAK2C_URL", "https://app.kak2c.ru", "Kaktus base URL", "kaktus_url", read_url),
+    Setting("KAK2C_URL", "https://app.kak2c.ru", "Kaktus base URL", "kaktus_url",
+            read_api_url),
     Setting("KAK2C_CREDENTIALS_FILE", "files/kak2c_info", 'JSON {"login", "password"} to log in',
             None),
     Setting("KAK2C_LOGIN", None, "instead of the credentials file, with KAK2C_PASSWORD", None),
@@ -386,7 +419,7 @@ SETTINGS = (
             "state_file", read_path),
     Setting("SYNC_MAX_WAIT", "120", "longest Retry-After, and all usage pacing, in seconds",
             "max_wait", read_number(float, high=86_400)),
-    Setting("SYNC_TIMEOUT", "60", "read timeout of one request, in seconds",
+    Setting("SYNC_TIMEOUT", "60", "the most one request may take, its answer included (s)",
             "timeout", read_number(float, low=0.1, high=3600)),
     Setting("SYNC_GUARD_ZERO_SHARE", "0.5", "refuse zeroing more than this share of stocked",
             "guard_zero_share", read_number(float, high=1.0)),
@@ -398,19 +431,31 @@ SETTINGS = (
 )
 
 
-def load_environment(env_file: str | None = None) -> dict:
-    """Merge the `.env` file (or --env-file) under the real environment, which always wins."""
+class Environment(NamedTuple):
+    """Where the settings come from: the settings file under the process environment."""
+
+    values: dict          # what a setting reads: the environment's value, else the file's
+    file: Path | None     # the settings file read, if there was one
+    file_names: tuple     # the names it sets
+    shown_as: str = ".env"  # how the messages name it
+
+
+def load_environment(env_file: str | None = None) -> Environment:
+    """Merge the settings file (the .env beside sync_stock.py, or --env-file) under the real
+    environment, which always wins."""
     path = Path(env_file) if env_file else HERE / ".env"
     if env_file and not path.is_file():
         raise ConfigError(f"--env-file {env_file}: no such file")
-    values = {}
+    found: dict = {}
     if path.is_file():
         try:
-            values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+            found = dotenv_values(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    values = {name: value for name, value in found.items() if value is not None}
     values.update(os.environ)
-    return values
+    return Environment(values, path if path.is_file() else None, tuple(found),
+                       env_file or ".env")
 
 
 def load_settings(values: Mapping) -> Settings:
@@ -419,16 +464,120 @@ def load_settings(values: Mapping) -> Settings:
            for setting in SETTINGS}
     fields = {setting.field: setting.read(setting.name, raw[setting.name])
               for setting in SETTINGS if setting.field}
-    return Settings(kaktus_credentials=read_kaktus_credentials(raw), **fields)
+    body, source = read_kaktus_credentials(raw)
+    return Settings(kaktus_credentials=body, kaktus_credentials_file=source, **fields)
+
+
+SETTING_PREFIXES = ("INSALES_", "KAK2C_", "SYNC_")
+PASSWORD_SETTINGS = ("INSALES_API_PASSWORD", "KAK2C_PASSWORD")
+
+
+def misspelt_settings(environment: Environment, environ: Collection[str]) -> list:
+    """Name each setting that is none, as a misspelt one until shown otherwise: any name of
+    the settings file, and the names of the process environment with a setting's prefix;
+    where it was found, and the setting it most resembles."""
+    names = [setting.name for setting in SETTINGS]
+    found = [(name, environment.shown_as) for name in environment.file_names
+             if name not in names]
+    found += [(name, "the environment") for name in sorted(environ)
+              if name.startswith(SETTING_PREFIXES) and name not in names]
+    lines = []
+    for name, where in found:
+        like = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f"did you mean {like[0]}?" if like else "see .env.example for the settings"
+        lines.append(f"{name} in {where} is no setting; {hint}")
+    return lines
+
+
+def readable_by_others(path: Path | None, what: str) -> list:
+    """Say so when a file with a password can be read by group or others."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode) if path else 0
+    except OSError:
+        return []
+    if not mode & 0o044:
+        return []
+    return [f"{what} {path} holds a password and can be read by group or others (mode "
+            f"{mode:04o}); run: chmod 600 {path}"]
+
+
+def setup_warnings(environment: Environment, settings: Settings,
+                   environ: Collection[str]) -> list:
+    """What in the operator's own setup looks wrong but need not stop a run."""
+    lines = misspelt_settings(environment, environ)
+    if set(PASSWORD_SETTINGS) & set(environment.file_names):
+        lines += readable_by_others(environment.file, "the settings file")
+    lines += readable_by_others(settings.kaktus_credentials_file, "KAK2C_CREDENTIALS_FILE")
+    url = settings.healthcheck_url
+    if url and url.startswith("http://") and not is_this_machine(url):
+        lines.append(f"HEALTHCHECK_URL={url} is http://: its pings cross the network in clear "
+                     "and can be forged or read on the way; use https://")
+    return lines
 
 
 # --- logging, lock and files ------------------------------------------------------------------
 
-def redact(text: str, secrets: Collection[str]) -> str:
-    """Hide secrets in text that came from outside (an error body, an exception message)."""
-    for secret in secrets:
-        text = text.replace(secret, "<hidden>")
-    return text
+class Secrets:
+    """What no output may carry: the passwords, the InSales Basic credential, the Kaktus token,
+    in every form an API may echo them. Every output passes through hide(): the log lines
+    (Formatter), the summary, the dry-run table, the report, --check (see clean())."""
+
+    SHORTEST = 6  # a shorter password is hidden only in text from outside (see outside())
+
+    def __init__(self):
+        self.values: set = set()
+        self.forms: tuple = ()      # how the secrets of SHORTEST characters or more are written
+        self.all_forms: tuple = ()  # and the shorter ones too, longest first
+
+    def add(self, *values: str) -> None:
+        self.values.update(value for value in values if value)
+        self._build()
+
+    def discard(self, *values: str) -> None:
+        self.values.difference_update(values)
+        self._build()
+
+    def clear(self) -> None:
+        self.values = set()
+        self._build()
+
+    def _build(self) -> None:
+        long = {form for value in self.values if len(value) >= self.SHORTEST
+                for form in written_forms(value)}
+        every = long.union(*map(written_forms, self.values))
+        self.forms, self.all_forms = (tuple(sorted(forms, key=len, reverse=True))
+                                      for forms in (long, every))
+
+    def hide(self, text: str, short_too: bool = False) -> str:
+        """Replace every secret in `text` with <hidden>; `short_too` for text from outside,
+        where even a one-letter password echoed back is worth hiding."""
+        for form in self.all_forms if short_too else self.forms:
+            if form in text:
+                text = text.replace(form, "<hidden>")
+        return text
+
+
+def written_forms(secret: str) -> set:
+    """The ways an answer may carry a secret: as it is, JSON-escaped (with \\uXXXX or not, with
+    \\/ or not), URL- and HTML-encoded."""
+    forms = {secret, html.escape(secret), quote(secret, safe=""), quote_plus(secret)}
+    for ascii_only in (True, False):
+        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms.update((escaped, escaped.replace("/", "\\/")))
+    return forms
+
+
+SECRETS = Secrets()  # one per process, as the log is: main() empties it, the settings fill it
+
+
+def outside(value, most: int = 200, echo: bool = False) -> str:
+    """Text from an API fit to show: the secrets hidden before it is cut to `most` characters
+    (cut first, half a secret would show); in an `echo` (an error body, a redirect), short
+    passwords too."""
+    return SECRETS.hide(str(value), short_too=echo)[:most]
+
+
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def printable(text: str) -> str:
@@ -436,14 +585,29 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def clean(text: str) -> str:
+    """A line fit for a log or a terminal: secrets hidden, control characters shown escaped
+    (an API's newline cannot forge a log line, nor its escape codes drive a terminal), valid
+    UTF-8."""
+    return printable(CONTROL.sub(lambda found: repr(found[0])[1:-1], SECRETS.hide(text)))
+
+
+def json_line(value) -> str:
+    """One JSON line for stdout: secrets hidden, no raw control character (JSON escapes C0
+    itself; DEL, C1 and the line separators are escaped here), valid UTF-8."""
+    text = CONTROL.sub(lambda found: f"\\u{ord(found[0]):04x}",
+                       json.dumps(value, ensure_ascii=False))
+    return printable(SECRETS.hide(text))
+
+
 class Formatter(logging.Formatter):
-    """ISO 8601 local times; every line valid UTF-8, whatever an API put in a title."""
+    """ISO 8601 local times; every line clean(): no secret, no control character, UTF-8."""
 
     def formatTime(self, record, datefmt=None):  # noqa: N802 - logging's naming
         return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="seconds")
 
     def format(self, record):
-        return printable(super().format(record))
+        return clean(super().format(record))
 
 
 def _add_handler(handler: logging.Handler, level: int) -> None:
@@ -463,14 +627,30 @@ def configure_logging(verbosity: int) -> None:
     log.propagate = False
 
 
-def add_log_file(path: Path, verbose: bool) -> None:
-    """Also log to a rotating file: the summary line at INFO, details with -v."""
+def open_private(path: Path, flags: int, setting: str) -> int:
+    """Open (or create, mode 0600) a file the tool writes, never through a symbolic link: one
+    planted there by another local user would have us write to their target."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=1_000_000, backupCount=5, encoding="utf-8")
+        return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise ConfigError(f"LOG_FILE {path}: cannot open ({exc.strerror})") from None
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{setting} {path} is a symbolic link; the tool never writes "
+                              "through one: point the setting at a plain file") from None
+        raise ConfigError(f"{setting} {path}: cannot open ({exc.strerror})") from None
+
+
+class PrivateLog(logging.handlers.RotatingFileHandler):
+    """A rotating log file opened by open_private(), at start and after each rotation."""
+
+    def _open(self):
+        fd = open_private(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND, "LOG_FILE")
+        return open(fd, "a", encoding=self.encoding)
+
+
+def add_log_file(path: Path, verbose: bool) -> None:
+    """Also log to a rotating file: the summary line at INFO, details with -v."""
+    handler = PrivateLog(path, maxBytes=1_000_000, backupCount=5, encoding="utf-8")
     _add_handler(handler, logging.DEBUG if verbose else logging.INFO)
 
 
@@ -489,12 +669,7 @@ def check_writable(setting: str, path: Path) -> None:
 @contextmanager
 def hold_lock(path: Path) -> Iterator[bool]:
     """Yield True while this process holds the run lock, False when another run has it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")  # noqa: SIM115 - the with below closes it
-    except OSError as exc:
-        raise ConfigError(f"SYNC_LOCK_FILE {path}: cannot open ({exc.strerror})") from None
-    with handle:
+    with open(open_private(path, os.O_RDWR, "SYNC_LOCK_FILE"), "r+b") as handle:
         try:
             # The kernel drops a flock when its holder dies, even by kill -9.
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -687,7 +862,7 @@ def decode_json(body: bytes, where: str, kind: type, content_type: str | None = 
         value = json.loads(body)  # bytes: no charset guessing on a big body
     except (ValueError, RecursionError) as exc:
         nested = " (nested too deep)" if isinstance(exc, RecursionError) else ""
-        seen = f" ({content_type})" if content_type else ""
+        seen = f" ({outside(content_type, 60)})" if content_type else ""
         raise UpstreamError(f"{where}: the answer is not JSON{nested}{seen}") from None
     if not isinstance(value, kind):
         raise UpstreamError(f"{where}: expected a JSON {_kind_name(kind)}, "
@@ -696,8 +871,7 @@ def decode_json(body: bytes, where: str, kind: type, content_type: str | None = 
 
 
 def error_detail(body: bytes) -> str:
-    """The errors an API answered with, short (an echoed secret is hidden where it is shown:
-    see redact)."""
+    """The errors an API answered with, short, an echoed secret hidden first (see outside)."""
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):
@@ -707,7 +881,7 @@ def error_detail(body: bytes) -> str:
         text = json.dumps(errors, ensure_ascii=False)
     except (ValueError, RecursionError):
         return ""
-    return f": {text[:200]}"
+    return f": {outside(text, echo=True)}"
 
 
 class Variant(NamedTuple):
@@ -782,7 +956,7 @@ def merge_insales_page(catalogue: InSalesCatalogue, page: list, fields: tuple) -
     for product in page:
         variants = parse_insales_product(product, fields, catalogue.strays)
         if variants is None:
-            malformed.append(str(product.get("id"))[:40] if isinstance(product, dict) else "?")
+            malformed.append(outside(product.get("id"), 40) if isinstance(product, dict) else "?")
             continue
         for old in catalogue.by_product.pop(product["id"], ()):
             catalogue.variants.pop(old.id, None)
@@ -1228,8 +1402,9 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> dict:
     if counts["insales_variants"] and not counts["insales_with_barcode"]:
         hint = ""
         if len(strays) * 2 > counts["insales_variants"]:
-            hint = (f"; {other} is filled on {len(strays)} of them (e.g. {str(strays[0])[:40]!r}): "
-                    f"if it holds the barcodes, set INSALES_BARCODE_FIELD={other}")
+            hint = (f"; {other} is filled on {len(strays)} of them (e.g. "
+                    f"{outside(strays[0], 40)!r}): if it holds the barcodes, set "
+                    f"INSALES_BARCODE_FIELD={other}")
         warnings["insales barcodes"] = (
             f"none of the {counts['insales_variants']} InSales variants has a barcode "
             f"in INSALES_BARCODE_FIELD={field}{hint}")
@@ -1292,11 +1467,92 @@ class Answer(NamedTuple):
     body: bytes
 
 
+MAX_ANSWER = 32 * 2**20   # bytes: far above a real page (250 InSales products: about 1 MB)
+BODY_CHUNK = 2**20        # read a body in large reads: a 10 KB trip through urllib3 each costs
+PING_DEADLINE = 5.0       # seconds a health-check ping may take, its answer included
+_thread = threading.local()  # .deadline: when the request this thread is sending must be done
+
+
+class AnswerTooBig(Exception):
+    """An answer that runs past the size any real one has."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The reading side of a connection, giving up at the deadline of the request its thread is
+    sending: urllib3's timeouts bound each read, so an answer that drips a byte a second, in its
+    headers or its body, would otherwise never end."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        deadline = getattr(_thread, "deadline", None)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("the request's deadline passed")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """A connected socket whose answers are read through a _DeadlineReader; the rest is the
+    socket's own."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def makefile(self, *args, **kwargs):  # http.client reads every answer through this
+        return io.BufferedReader(_DeadlineReader(self._sock))
+
+
+def _deadlined(connection: type) -> type:
+    """urllib3's `connection` class, reading its answers within each request's deadline."""
+    class Connection(connection):
+        def connect(self):
+            super().connect()
+            self.sock = _DeadlineSocket(self.sock)
+    return Connection
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _deadlined(urllib3.connection.HTTPConnection)
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _deadlined(urllib3.connection.HTTPSConnection)
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections that keep each request's deadline (see send)."""
+
+    POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = self.POOLS
+
+    def proxy_manager_for(self, proxy, **kwargs):
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS brings pool classes of its own
+            manager.pool_classes_by_scheme = self.POOLS
+        return manager
+
+
 def make_session(base_url: str, headers: Mapping | None = None) -> requests.Session:
-    """A session with our User-Agent and the environment's proxy and CA settings, read once."""
+    """A session with our User-Agent, deadlined connections, and the environment's proxy and CA
+    settings, read once."""
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     session.headers.update(headers or {})
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, _Adapter())
     # HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE…: read once for this API rather than again on
     # each of its hundreds of requests.
     found = session.merge_environment_settings(base_url, {}, None, None, None)
@@ -1305,12 +1561,67 @@ def make_session(base_url: str, headers: Mapping | None = None) -> requests.Sess
     return session
 
 
-def read_body(response: requests.Response) -> bytes:
-    """Read a body in one go: requests' .content takes it 10 KB at a time, each a trip through
-    urllib3, which on a big catalogue costs a good share of the run's CPU (README,
-    Performance)."""
+def read_body(response: requests.Response, most: int) -> bytes:
+    """Read a body whole, in large reads (requests' .content takes 10 KB at a time, each a trip
+    through urllib3: on a big catalogue a good share of the run's CPU), and no more than `most`
+    bytes of it."""
     with response:
-        return b"".join(response.iter_content(None))
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > most:
+            raise AnswerTooBig
+        chunks, size = [], 0
+        for chunk in response.iter_content(BODY_CHUNK):
+            size += len(chunk)
+            if size > most:
+                raise AnswerTooBig
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def send(session: requests.Session, method: str, url: str, seconds: float,
+         most: int = MAX_ANSWER, **kwargs) -> Answer:
+    """Send one request and read its whole answer within `seconds` of wall-clock time and `most`
+    bytes; a redirect is never followed (it is the answer)."""
+    _thread.deadline = time.monotonic() + seconds
+    try:
+        response = session.request(method, url, timeout=(min(10.0, seconds), seconds),
+                                   stream=True, allow_redirects=False, **kwargs)
+        return Answer(response.status_code, response.headers, read_body(response, most))
+    finally:
+        _thread.deadline = None
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """An exception and what it wraps: requests wraps urllib3's, which wraps the socket's."""
+    seen: set = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in exc.args if isinstance(arg, BaseException)), None)
+        exc = inner or exc.__cause__ or exc.__context__
+
+
+def transport_problem(exc: BaseException, url: str, seconds: float, took: float) -> str:
+    """Say in words why a request got no answer: refused, not resolved, timed out, a TLS
+    certificate not trusted."""
+    where = urlsplit(url)
+    host = f"{where.hostname}:{where.port or (443 if where.scheme == 'https' else 80)}"
+    chain = list(causes(exc))
+    if any(isinstance(e, (ssl.SSLCertVerificationError, requests.exceptions.SSLError))
+           for e in chain):
+        return (f"the TLS certificate of {host} is not trusted (a private CA? set "
+                "REQUESTS_CA_BUNDLE to its file)")
+    if any(isinstance(e, (socket.gaierror, urllib3.exceptions.NameResolutionError))
+           for e in chain):
+        return f"the name {where.hostname} is not resolved"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return f"{host} refused the connection"
+    if took >= seconds * 0.95 or any(isinstance(e, (socket.timeout, requests.Timeout))
+                                     for e in chain):
+        return f"{host} gave no whole answer within {seconds:g} s (SYNC_TIMEOUT)"
+    return f"{host}: {exc.__class__.__name__} (the connection failed)"
 
 
 USAGE = re.compile(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*")
@@ -1339,12 +1650,12 @@ def retry_after(headers: Mapping, default: float) -> float:
 class Api:
     """One upstream API: its session, timeout, request count, retry policy and usage pacing."""
 
-    def __init__(self, name: str, base_url: str, timeout: float, policy: RetryPolicy,
-                 secrets: set, auth=None, headers: Mapping | None = None):
+    def __init__(self, name: str, setting: str, base_url: str, timeout: float,
+                 policy: RetryPolicy, auth=None, headers: Mapping | None = None):
         self.name = name
-        self.secrets = secrets            # what no output may carry: the passwords, the token
+        self.setting = setting            # the setting that holds base_url, for the errors
         self.base_url = base_url
-        self.timeout = (min(10.0, timeout), timeout)  # connect, read
+        self.timeout = timeout            # the most one request may take, its answer included
         self.policy = policy
         self.session = make_session(base_url, headers)
         self.session.auth = auth
@@ -1379,14 +1690,20 @@ class Api:
                 self.sent.append(now)
                 while self.sent[0] <= now - RATE_WINDOW:  # the longest window any pace looks at
                     self.sent.popleft()
+            started = time.monotonic()
             try:
-                response = self.session.request(method, self.base_url + path,
-                                                timeout=self.timeout, stream=True, **kwargs)
-                answer = Answer(response.status_code, response.headers, read_body(response))
+                answer = send(self.session, method, self.base_url + path, self.timeout, **kwargs)
+            except AnswerTooBig:
+                raise UpstreamError(f"{where}: the answer runs past {MAX_ANSWER // 2**20} MiB, "
+                                    f"more than any real one; {self.is_it_the_api()}") from None
             except requests.RequestException as exc:
-                problem, wait = exc.__class__.__name__, policy.delay(attempt)
+                problem = transport_problem(exc, self.base_url, self.timeout,
+                                            time.monotonic() - started)
+                wait = policy.delay(attempt)
             else:
                 log.debug("%s %s: HTTP %s", where, kwargs.get("params") or "", answer.status)
+                if 300 <= answer.status < 400:
+                    raise UpstreamError(self.redirected(where, answer))
                 problem, wait = (None, 0) if answer.status in give_back else \
                     self.classify(answer, where, attempt)
                 if problem is None:
@@ -1395,7 +1712,20 @@ class Api:
             if attempt < policy.attempts:
                 log.warning("%s: %s; retrying in %.1f s", where, problem, wait)
                 policy.sleep(wait)
-        raise UpstreamError(f"{where}: {problem}, {policy.attempts} attempts; giving up")
+        raise UpstreamError(f"{where}: {problem}, {policy.attempts} attempts; giving up "
+                            f"(check {self.setting}={self.base_url})")
+
+    def is_it_the_api(self) -> str:
+        return f"is {self.setting}={self.base_url} the API's address?"
+
+    def redirected(self, where: str, answer: Answer) -> str:
+        """Say where a redirect pointed, and what to set: calls never follow one (a login
+        posted to wherever a redirect says would take the password along)."""
+        location = outside(answer.headers.get("Location", "(no Location)"), echo=True)
+        secure = "https://" + self.base_url.removeprefix("http://")
+        fix = (f"set {self.setting} to {secure}" if self.base_url.startswith("http://")
+               and location.startswith(secure) else self.is_it_the_api())
+        return f"{where}: HTTP {answer.status}, a redirect to {location}, never followed; {fix}"
 
     def classify(self, answer: Answer, where: str, attempt: int) -> tuple:
         """Say what is wrong with an answer worth retrying, and how long to wait; (None, 0) if
@@ -1443,10 +1773,10 @@ def parse_json(answer: Answer, where: str, kind: type):
 def make_apis(settings: Settings, policy: RetryPolicy) -> tuple:
     """The InSales API (Basic auth, never in the URL) and the Kaktus API (bearer, per call)."""
     domain = {"Domain": settings.kaktus_domain} if settings.kaktus_domain else {}
-    secrets = set(settings.secrets)  # one set for both: the Kaktus token joins it
-    return (Api("InSales", settings.insales_url, settings.timeout, policy, secrets,
+    return (Api("InSales", "INSALES_URL", settings.insales_url, settings.timeout, policy,
                 auth=(settings.insales_key, settings.insales_password)),
-            Api("Kaktus", settings.kaktus_url, settings.timeout, policy, secrets, headers=domain))
+            Api("Kaktus", "KAK2C_URL", settings.kaktus_url, settings.timeout, policy,
+                headers=domain))
 
 
 # --- Kaktus token -----------------------------------------------------------------------------
@@ -1464,6 +1794,11 @@ def token_expiry(token: str, expires_in, now: float) -> float:
             and 0 < expires_in < 1e9:
         return now + expires_in
     return now + TOKEN_TTL
+
+
+def token_forms(token: str) -> tuple:
+    """A token and its long parts: an echo cut short by the server still hides its signature."""
+    return (token, *(part for part in token.split(".") if len(part) >= 16))
 
 
 def is_token_refused(answer: Answer) -> bool:
@@ -1516,7 +1851,7 @@ class KaktusToken:
             token, renew_at = cached.get("access_token"), cached.get("renew_at")
             if isinstance(token, str) and token and isinstance(renew_at, (int, float)):
                 self.value, self.renew_at = token, float(renew_at)
-                self.api.secrets.add(token)
+                SECRETS.add(*token_forms(token))
 
     def _log_in(self):
         answer = self.api.request("POST", "/api/lite/auth", data=self.credentials,
@@ -1531,8 +1866,9 @@ class KaktusToken:
             if body.get("success") is False:
                 raise UpstreamError(f"Kaktus rejected the credentials{error_detail(answer.body)}")
             raise UpstreamError("Kaktus login answer is malformed: no access_token")
-        self.api.secrets.discard(self.value)  # a watch renews it again and again
-        self.api.secrets.add(token)
+        if self.value:  # a watch renews it again and again
+            SECRETS.discard(*token_forms(self.value))
+        SECRETS.add(*token_forms(token))
         self.value, now = token, self.clock()
         expires_at = token_expiry(token, body.get("expires_in"), now)
         # Renew TOKEN_MARGIN before exp, or a quarter of the lifetime for short-lived tokens.
@@ -1859,7 +2195,7 @@ def apply_plan(api: Api, updates: list, quantity_field: str) -> Writes:
         rejected, confirmed = read_statuses(answer, ids)
         if rejected:
             log.error("InSales rejected %d of %d variants (HTTP %s%s): ids %s", len(rejected),
-                      len(ids), answer.status, redact(error_detail(answer.body), api.secrets),
+                      len(ids), answer.status, error_detail(answer.body),
                       _ids(sorted(rejected)))
         outcome.refused.extend(i for i in ids if i in rejected)
         outcome.written.extend(i for i in ids if i not in rejected)
@@ -2051,14 +2387,15 @@ def print_plan(plan: Plan, rules: Rules, refusal: str | None, report: Path | Non
     shown.update((variant.id, (variant, decision)) for variant, decision in plan.held)
     rows = heapq.nsmallest(DRY_RUN_ROWS, shown.values(),
                            key=lambda row: (row[0].title, row[0].barcode))
-    lines = [(variant.barcode[:40], str(variant.id), variant.title[:50],
+    lines = [(clean(outside(variant.barcode, 40)), str(variant.id),
+              clean(outside(variant.title, 50)),
               f"{_qty(variant.quantity)} -> {decision.publish}", _hold_note(decision, rules))
              for variant, decision in rows]
     header = ("barcode", "variant id", "title", "old -> new", "")
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
     for line in [header, *lines] if lines else []:
         text = "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-        print(printable(text), file=out)
+        print(clean(text), file=out)
     if len(shown) > DRY_RUN_ROWS:
         hint = f"see {report}" if report else "use --report PATH"
         print(f"... and {len(shown) - DRY_RUN_ROWS} more ({hint} for the full list)", file=out)
@@ -2069,20 +2406,31 @@ def print_plan(plan: Plan, rules: Rules, refusal: str | None, report: Path | Non
         print(f"The safety guard would refuse this plan: {refusal}", file=out)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_data(text: str) -> str:
+    """A report cell a spreadsheet shows as text: one that would begin a formula (CSV
+    injection: `=HYPERLINK(...)` in a title) gets a leading '."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def write_report(path: Path, rows: Iterable[tuple], outcome: dict) -> None:
     """Write one CSV row per barcode seen (see report_rows), saying what was done and why;
-    `outcome` overrides the plan's word for variants whose writes went otherwise."""
+    `outcome` overrides the plan's word for variants whose writes went otherwise. The text
+    cells are data, never formulas; the figures stay numbers."""
     rows = sorted(rows, key=lambda row: (row[0], row[1].id if row[1] else 0))
     lines = [("barcode", "insales_variant_id", "title", "insales_qty", "kak2c_qty",
               "action", "reason")]
     for barcode, variant, stock, decision in rows:
         action, reason = outcome.get(variant.id if variant else None,
                                      (decision.action, decision.reason))
-        lines.append((barcode, variant.id if variant else "", variant.title if variant else "",
+        lines.append((as_data(barcode), variant.id if variant else "",
+                      as_data(variant.title) if variant else "",
                       _qty(variant.quantity) if variant else "", _qty(stock), action, reason))
     buffer = io.StringIO()
     csv.writer(buffer).writerows(lines)
-    write_atomically(path, buffer.getvalue(), mode=0o644)
+    write_atomically(path, SECRETS.hide(buffer.getvalue()), mode=0o644)
 
 
 def write_report_or_log(path: Path | None, rows: Iterable[tuple], outcome: dict) -> None:
@@ -2209,15 +2557,27 @@ def write_metrics(path: Path, text: str) -> None:
         log.error("METRICS_FILE %s: cannot write (%s)", path, exc.strerror)
 
 
-def ping_healthcheck(url: str | None, suffix: str = "") -> None:
-    """Tell a healthchecks.io-style monitor how the run went; never let it fail the run."""
+def ping_healthcheck(settings: Settings, suffix: str = "") -> None:
+    """Tell a healthchecks.io-style monitor (HEALTHCHECK_URL) how the run went, within
+    PING_DEADLINE (or SYNC_TIMEOUT, if shorter) all told; never let it fail the run, nor hold
+    it."""
+    url, seconds = settings.healthcheck_url, min(PING_DEADLINE, settings.timeout)
     if not url:
         return
+    what = f"healthcheck ping {suffix or 'success'} (HEALTHCHECK_URL)"
     try:
         with make_session(url) as session:
-            read_body(session.get(url + suffix, timeout=5, stream=True))
+            answer = send(session, "GET", url + suffix, seconds, most=2**16)
+    except AnswerTooBig:
+        log.warning("%s: the answer runs past 64 KiB", what)
     except requests.RequestException as exc:
-        log.warning("healthcheck ping %s failed: %s", suffix or "success", exc.__class__.__name__)
+        log.warning("%s failed: %s", what, transport_problem(exc, url, seconds, seconds))
+    else:
+        if answer.status >= 300:
+            where = answer.headers.get("Location")
+            log.warning("%s: HTTP %s%s", what, answer.status,
+                        f", a redirect to {outside(where, echo=True)}, never followed" if where
+                        else "")
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -2254,21 +2614,19 @@ class Job:
     insales: Api
     kaktus: Api
     token: KaktusToken
-
-    @property
-    def secrets(self) -> set:
-        """What no output may carry: the passwords, and the token once known."""
-        return self.insales.secrets
+    setup: tuple = ()  # what looks wrong in the operator's setup (setup_warnings), said at start
 
     def requests_sent(self) -> dict:
         return {"insales": self.insales.requests, "kak2c": self.kaktus.requests}
 
 
 def make_job(settings: Settings, sleep: Callable[[float], None],
-             clock: Callable[[], float] = time.time) -> Job:
+             clock: Callable[[], float] = time.time, setup: tuple = ()) -> Job:
+    SECRETS.add(*settings.secrets)
     insales, kaktus = make_apis(settings, RetryPolicy(max_wait=settings.max_wait, sleep=sleep))
     return Job(settings, insales, kaktus,
-               KaktusToken(kaktus, settings.kaktus_credentials, settings.token_file, clock))
+               KaktusToken(kaktus, settings.kaktus_credentials, settings.token_file, clock),
+               setup)
 
 
 class Memory:
@@ -2368,7 +2726,7 @@ def plan_sync(job: Job, options: Options, memory: Memory,
     plan = plan_updates(*inputs)
     for variant, event in plan.events:
         log.debug("hold %s: barcode %s, variant %s (%s): %d units", event.kind, variant.barcode,
-                  variant.id, variant.title[:50], event.units)
+                  variant.id, outside(variant.title, 50), event.units)
     where = ("the variant ids" if index.barcode_field == "id" else
              "barcode, barcodes" if index.barcode_field == "barcode" else index.barcode_field)
     memory.say(logging.INFO, "barcode field", f"Kaktus barcodes read from {where} "
@@ -2428,9 +2786,8 @@ def sync_once(job: Job, options: Options, memory: Memory,
     try:
         result = write_sync(job, options, memory, plan_sync(job, options, memory, clock))
     except SyncError as exc:
-        message = redact(str(exc), job.secrets)
         result = dataclasses.replace(exc.result or SyncResult(), status=exc.status,
-                                     error=message)
+                                     error=str(exc))
     memory.syncs += 1
     return result
 
@@ -2442,7 +2799,7 @@ def report_sync(args: argparse.Namespace, job: Job, memory: Memory, result: Sync
     summary = make_summary(result, job.requests_sent(), duration)
     log.info("%s", summary_line(summary))
     if args.json:
-        print(printable(json.dumps(summary, ensure_ascii=False)), flush=True)
+        print(json_line(summary), flush=True)
     if settings.metrics_file and result.status is not Status.SKIPPED:
         now = time.time()
         memory.last_success = now if code == EXIT_OK else memory.last_success
@@ -2454,12 +2811,12 @@ def run_once(args: argparse.Namespace, job: Job, options: Options, memory: Memor
              clock: Callable[[], float]) -> int:
     """One sync, as cron runs it: pings around it, its error logged, its summary; the exit code."""
     started = time.monotonic()
-    ping_healthcheck(job.settings.healthcheck_url, "/start")
+    ping_healthcheck(job.settings, "/start")
     result = sync_once(job, options, memory, clock)
     if result.error:
         log.error("%s", result.error)
     code = result.status.exit_code
-    ping_healthcheck(job.settings.healthcheck_url, "" if code == EXIT_OK else "/fail")
+    ping_healthcheck(job.settings, "" if code == EXIT_OK else "/fail")
     report_sync(args, job, memory, result, time.monotonic() - started)
     return code
 
@@ -2505,8 +2862,8 @@ class Spell:
     """A watch's failures in a row: said once at ERROR when they begin and once at WARNING when
     they end, pinged /fail once and success at once after; success pings at most a minute."""
 
-    def __init__(self, url: str | None):
-        self.url, self.failures, self.pinged = url, 0, -math.inf
+    def __init__(self, settings: Settings):
+        self.settings, self.failures, self.pinged = settings, 0, -math.inf
 
     def follow(self, result: SyncResult, now: float) -> None:
         if result.status.exit_code != EXIT_OK:
@@ -2514,14 +2871,14 @@ class Spell:
             self.failures += 1
             if self.failures == 1:
                 log.error("%s", why)
-                ping_healthcheck(self.url, "/fail")
+                ping_healthcheck(self.settings, "/fail")
             else:
                 log.info("failed again (%d syncs in a row): %s", self.failures, why)
             return
         if self.failures:
             log.warning("recovered after %d failed syncs", self.failures)
         if self.failures or now - self.pinged >= 60:
-            ping_healthcheck(self.url)
+            ping_healthcheck(self.settings)
             self.pinged = now
         self.failures = 0
 
@@ -2530,11 +2887,11 @@ def watch(args: argparse.Namespace, job: Job, memory: Memory, clock: Callable[[]
           wait: Callable[[float], bool]) -> int:
     """Sync again and again until `wait` says stop: each sync a whole run, paced by
     SYNC_INTERVAL and the budgets, backing off while syncs fail; exit 0."""
-    settings, spell = job.settings, Spell(job.settings.healthcheck_url)
+    settings, spell = job.settings, Spell(job.settings)
     job.insales.clock = job.kaktus.clock = clock  # the pace reads when requests went
     log.info("watching: a sync every %g s (SYNC_INTERVAL) or as the budgets allow",
              settings.interval)
-    ping_healthcheck(settings.healthcheck_url, "/start")
+    ping_healthcheck(settings, "/start")
     needs, delay = (2, 1), settings.interval  # a quiet shop's incremental walk: 2 pages at most
     while True:
         started = clock()
@@ -2621,7 +2978,7 @@ def run_check(job: Job) -> None:
         f"  on page 0: {len(index.quantities)} barcodes, {len(index.duplicates)} duplicated, "
         f"{index.unknown} variants with unreadable stock"]
     for line in lines:
-        print(printable(line))
+        print(clean(line))
 
 
 def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
@@ -2710,13 +3067,18 @@ def parse_args(argv) -> argparse.Namespace:
 
 def open_job(args: argparse.Namespace, sleep: Callable[[float], None],
              clock: Callable[[], float]) -> Job:
-    """Read the settings, open the log file, check the files a run writes; send nothing."""
-    settings = load_settings(load_environment(args.env_file))
+    """Read the settings, open the log file, say what looks wrong in the setup, check the
+    files a run writes; send nothing."""
+    environment = load_environment(args.env_file)
+    settings = load_settings(environment.values)
     if settings.log_file:
         add_log_file(settings.log_file, args.verbose > 0)
+    setup = tuple(setup_warnings(environment, settings, os.environ))
+    for warning in setup:
+        log.warning("%s", warning)
     check_writable("KAK2C_TOKEN_FILE", settings.token_file)
     check_writable("SYNC_STATE_FILE", settings.state_file)
-    return make_job(settings, sleep, clock)
+    return make_job(settings, sleep, clock, setup)
 
 
 def dispatch(args: argparse.Namespace, job: Job, sleep: Callable[[float], None],
@@ -2754,6 +3116,7 @@ def main(argv=None, sleep: Callable[[float], None] = time.sleep,
     the wait that SIGTERM and SIGINT end): tests pass their own to run in simulated time.
     """
     args = parse_args(argv)
+    SECRETS.clear()
     configure_logging(args.verbose - args.quiet)
     job = None
     try:
@@ -2764,12 +3127,11 @@ def main(argv=None, sleep: Callable[[float], None] = time.sleep,
             job = open_job(args, sleep, clock)
             return dispatch(args, job, sleep, clock, wait)
     except SyncError as exc:  # no sync began: a configuration error, a failed --check
-        message = redact(str(exc), job.secrets if job else ())
-        log.error("configuration error: %s" if exc.exit_code == EXIT_CONFIG else "%s", message)
+        log.error("configuration error: %s" if exc.exit_code == EXIT_CONFIG else "%s", exc)
         return exc.exit_code
     except BaseException:
         if job is not None:  # a bug: the monitor hears of it too, and the traceback shows
-            ping_healthcheck(job.settings.healthcheck_url, "/fail")
+            ping_healthcheck(job.settings, "/fail")
         raise
 
 

@@ -1,5 +1,6 @@
 """Hostile and malformed answers over real HTTP: no traceback, no hang, valid output, no wrong
 write. Ends with a seeded fuzz test that mutates the sandbox's answers."""
+import base64
 import copy
 import json
 import os
@@ -36,12 +37,13 @@ def test_a_short_password_leaves_every_output_intact(box, run, password):
 
 
 def test_only_password_values_are_secrets():
-    """The login and other figures of the credentials file are no secret; the password is."""
+    """The login and other figures of the credentials file are no secret; the passwords are,
+    and so is the Basic credential that carries the InSales one (base64 of key:password)."""
     settings = sync_stock.load_settings({
         "INSALES_URL": "https://shop.example", "INSALES_API_KEY": "app",
         "INSALES_API_PASSWORD": "ins-pass", "KAK2C_CREDENTIALS_FILE": str(ROOT / "files" / "x")}
         | {"KAK2C_LOGIN": "user@example", "KAK2C_PASSWORD": "7"})
-    assert settings.secrets == {"ins-pass", "7"}
+    assert settings.secrets == {"ins-pass", "7", base64.b64encode(b"app:ins-pass").decode()}
 
 
 # --- malformed and absurd figures -------------------------------------------------------------
