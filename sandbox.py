@@ -31,6 +31,7 @@ import math
 import os
 import random
 import socket
+import ssl
 import struct
 import sys
 import tempfile
@@ -101,12 +102,17 @@ class Emulator:
         # (request, status, headers, body) -> the same, changed: every answer goes through it
         self.rewrite: Callable | None = None
 
-    def start(self) -> None:
+    def start(self, tls: ssl.SSLContext | None = None) -> None:
+        """Serve on a free port of 127.0.0.1; over TLS with `tls` (a server context holding
+        the certificate), as the real APIs do."""
         handler = type("Handler", (_Handler,), {"emulator": self})
         self.server = _Server(("127.0.0.1", 0), handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         # A short poll: shutdown() waits for it, once per emulator per test.
         threading.Thread(target=self.server.serve_forever, args=(0.005,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}"
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -825,8 +831,11 @@ def main(argv=None) -> None:
     parser.add_argument("--insales-barcodes-in", choices=("barcode", "sku"), default="barcode",
                         help="sku: a shop with barcode null and the barcodes in the SKU")
     parser.add_argument("--kaktus-stock", choices=("total", "reserved", "available", "wiki"),
-                        default="total", help="how Kaktus shows stock: stockTotal alone; with "
-                        "stockReserved; with stockAvailable too; stockAvailable on the variant")
+                        default="available", help="how Kaktus shows stock: stockTotal alone; "
+                        "with stockReserved; with stockAvailable too (the default: what "
+                        "KAK2C_STOCK_FIELD=auto reads first); stockAvailable on the variant")
+    parser.add_argument("--env-file", metavar="PATH", help="also write the settings there "
+                        "(mode 0600), for sync_stock.py --env-file PATH")
     args = parser.parse_args(argv)
     with Sandbox.sample(products=args.products, sizes=args.sizes, quirks=not args.plain,
                         kaktus_barcodes_in=args.kaktus_barcodes_in,
@@ -834,15 +843,20 @@ def main(argv=None) -> None:
                         kaktus_stock=args.kaktus_stock) as box:
         box.insales.latency = box.kak2c.latency = args.latency
         box.insales.rate_limit = args.rate_limit
-        folder = tempfile.mkdtemp(prefix="sync_stock_sandbox_")
-        print(json.dumps(box.env(folder)), flush=True)
-        print("# .env for sync_stock.py (Ctrl-C stops the sandbox):", flush=True)
-        for key, value in box.env(folder).items():
-            print(f"{key}={value}", flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+        with tempfile.TemporaryDirectory(prefix="sync_stock_sandbox_") as folder:
+            lines = "".join(f"{key}={value}\n" for key, value in box.env(folder).items())
+            if args.env_file:
+                handle = os.open(args.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with open(handle, "w") as out:
+                    out.write(lines)
+            print(json.dumps(box.env(folder)), flush=True)
+            print(f"# settings for sync_stock.py{' in ' + args.env_file if args.env_file else ''}"
+                  " (Ctrl-C stops the sandbox):", flush=True)
+            print(lines, end="", flush=True)
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
 
 
 if __name__ == "__main__":

@@ -139,6 +139,10 @@ class UpstreamError(SyncError):
     """An API failed: unreachable after the retries, a rejected login, a malformed answer."""
 
 
+class CredentialsRejected(UpstreamError):
+    """An API refused who we are (401, 403, a failed login): a setting to change."""
+
+
 class GuardRefused(SyncError):
     exit_code = EXIT_REFUSED
     status = Status.REFUSED
@@ -856,17 +860,21 @@ def _kind_name(kind):
     return {list: "list", dict: "object"}.get(kind, kind.__name__)
 
 
-def decode_json(body: bytes, where: str, kind: type, content_type: str | None = None):
-    """Return a body's JSON if it is of the expected kind, else fail naming what is wrong."""
+def decode_json(body: bytes, where: str, kind: type, content_type: str | None = None,
+                ask: str = ""):
+    """Return a body's JSON if it is of the expected kind, else fail naming what is wrong and
+    asking `ask` (is the address setting that of the API?)."""
     try:
         value = json.loads(body)  # bytes: no charset guessing on a big body
     except (ValueError, RecursionError) as exc:
         nested = " (nested too deep)" if isinstance(exc, RecursionError) else ""
         seen = f" ({outside(content_type, 60)})" if content_type else ""
-        raise UpstreamError(f"{where}: the answer is not JSON{nested}{seen}") from None
+        raise UpstreamError(f"{where}: the answer is not JSON{nested}{seen}; {ask}"
+                            if ask and not nested else
+                            f"{where}: the answer is not JSON{nested}{seen}") from None
     if not isinstance(value, kind):
-        raise UpstreamError(f"{where}: expected a JSON {_kind_name(kind)}, "
-                            f"got {_kind_name(type(value))}")
+        raise UpstreamError(f"{where}: expected a JSON {_kind_name(kind)}, got "
+                            f"{_kind_name(type(value))}" + (f"; {ask}" if ask else ""))
     return value
 
 
@@ -942,6 +950,7 @@ class InSalesCatalogue:
     products: int = 0
     # what this walk read of the other barcode field (sku or barcode) where the set one is empty
     strays: list = field(default_factory=list)
+    variant_keys: tuple = ()  # the keys of a variant this walk read: the warehouses it carries
     by_product: dict = field(default_factory=dict)  # product id -> its variants, while merging
 
 
@@ -958,6 +967,8 @@ def merge_insales_page(catalogue: InSalesCatalogue, page: list, fields: tuple) -
         if variants is None:
             malformed.append(outside(product.get("id"), 40) if isinstance(product, dict) else "?")
             continue
+        if variants and not catalogue.variant_keys:
+            catalogue.variant_keys = tuple(map(str, product["variants"][0]))
         for old in catalogue.by_product.pop(product["id"], ()):
             catalogue.variants.pop(old.id, None)
         if product.get("archived") is True:  # in the trash: never written, forgotten
@@ -1384,6 +1395,44 @@ KAKTUS_SHAPES = ("barcode (text), barcodes (a list of texts, or of objects with 
                 "or code), and the variant id when no variant has either")
 
 
+def variant_keys(variant: Mapping | None) -> str:
+    return ", ".join(sorted(map(str, variant or {}))) or "-"
+
+
+def kaktus_barcodes_missing(kaktus: KaktusIndex, settings: Settings, where: str = "") -> str:
+    """No Kaktus variant (`where`: of page 0) carries a barcode where KAK2C_BARCODE_FIELD reads
+    it: say so, with the keys seen on one."""
+    return (f"none of the {kaktus.variants} Kaktus variants{where} carries a barcode where "
+            f"KAK2C_BARCODE_FIELD={settings.kaktus_barcode_field} reads it; keys seen on a "
+            f"variant: {variant_keys(kaktus.first_variant)}; understood with auto: "
+            f"{KAKTUS_SHAPES}; or set the one field that holds it")
+
+
+def insales_barcodes_missing(variants: int, strays: list, settings: Settings,
+                             where: str = "") -> str:
+    """No InSales variant (`where`: of the first page) has a barcode in INSALES_BARCODE_FIELD:
+    say so, and suggest the other field when it is filled on most (`strays`: its values)."""
+    field, other = settings.insales_fields[1:]
+    hint = ""
+    if len(strays) * 2 > variants:
+        hint = (f"; {other} is filled on {len(strays)} of them (e.g. {outside(strays[0], 40)!r}): "
+                f"if it holds the barcodes, set INSALES_BARCODE_FIELD={other}")
+    return (f"none of the {variants} InSales variants{where} has a barcode in "
+            f"INSALES_BARCODE_FIELD={field}{hint}")
+
+
+def stock_unknown(kaktus: KaktusIndex, settings: Settings, which: str) -> str:
+    """`which` Kaktus variants have unknown stock: name KAK2C_STOCK_FIELD and the keys seen
+    where it reads."""
+    unknown = kaktus.first_unknown or {}
+    where = ("the variant (it has no stock list)" if stock_entries(unknown) == [unknown]
+             else "a stock entry")
+    stock_keys = ", ".join(sorted(stock_entry_keys(unknown))) or "-"
+    read = "" if settings.stock_rule else f" ({AUTO_STOCK_TEXT})"
+    return (f"{which} have unknown stock; check KAK2C_STOCK_FIELD={settings.stock_setting!r}"
+            f"{read} against the keys seen on {where}: {stock_keys}")
+
+
 def data_warnings(plan: Plan, settings: Settings, strays: list) -> dict:
     """Say what in the data looks unlike a working setup, naming what to look at: {what it is
     about: the warning}.
@@ -1391,42 +1440,26 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> dict:
     `strays`: the other InSales barcode field's values, where the set one was empty.
     """
     kaktus, counts, warnings = plan.kaktus, plan.counts, {}
-    keys = ", ".join(sorted(map(str, kaktus.first_variant or {}))) or "-"  # one without a barcode
-    setting = f"KAK2C_BARCODE_FIELD={settings.kaktus_barcode_field}"
     if kaktus.variants and not kaktus.with_barcode:
-        warnings["kaktus barcodes"] = (
-            f"none of the {kaktus.variants} Kaktus variants carries a barcode where "
-            f"{setting} reads it; keys seen on a variant: {keys}; understood with "
-            f"auto: {KAKTUS_SHAPES}; or set the one field that holds it")
-    field, other = settings.insales_fields[1:]
+        warnings["kaktus barcodes"] = kaktus_barcodes_missing(kaktus, settings)
     if counts["insales_variants"] and not counts["insales_with_barcode"]:
-        hint = ""
-        if len(strays) * 2 > counts["insales_variants"]:
-            hint = (f"; {other} is filled on {len(strays)} of them (e.g. "
-                    f"{outside(strays[0], 40)!r}): if it holds the barcodes, set "
-                    f"INSALES_BARCODE_FIELD={other}")
-        warnings["insales barcodes"] = (
-            f"none of the {counts['insales_variants']} InSales variants has a barcode "
-            f"in INSALES_BARCODE_FIELD={field}{hint}")
+        warnings["insales barcodes"] = insales_barcodes_missing(counts["insales_variants"],
+                                                                strays, settings)
     if kaktus.unknown * 2 > kaktus.variants:
-        unknown = kaktus.first_unknown or {}
-        where = ("the variant (it has no stock list)" if stock_entries(unknown) == [unknown]
-                 else "a stock entry")
-        stock_keys = ", ".join(sorted(stock_entry_keys(unknown))) or "-"
-        read = "" if settings.stock_rule else f" ({AUTO_STOCK_TEXT})"
-        warnings["unknown stock"] = (
-            f"{kaktus.unknown} of {kaktus.variants} Kaktus variants have unknown "
-            f"stock; check KAK2C_STOCK_FIELD={settings.stock_setting!r}{read} "
-            f"against the keys seen on {where}: {stock_keys}")
-    if counts["matched"] == 0 and plan.unique and kaktus.quantities:
+        warnings["unknown stock"] = stock_unknown(
+            kaktus, settings, f"{kaktus.unknown} of {kaktus.variants} Kaktus variants")
+    held_twice = kaktus.duplicates | plan.shared.keys()
+    if counts["matched"] == 0 and plan.unique and kaktus.quantities and not (
+            held_twice & (plan.unique.keys() | kaktus.quantities.keys())):
         hint = ""
         if kaktus.barcode_field == "id" and settings.kaktus_barcode_field == "auto":
             hint = (f"; no Kaktus variant has a barcode field, so their ids were taken as "
                     f"barcodes: if the barcodes sit elsewhere, set KAK2C_BARCODE_FIELD to that "
-                    f"field (keys seen on a variant: {keys})")
+                    f"field (keys seen on a variant: {variant_keys(kaktus.first_variant)})")
         warnings["no match"] = (
-            f"not one barcode matches: InSales has e.g. {next(iter(plan.unique))!r}, "
-            f"Kaktus e.g. {next(iter(kaktus.quantities))!r} (both normalised){hint}")
+            f"not one barcode matches: InSales has e.g. {outside(next(iter(plan.unique)), 40)!r},"
+            f" Kaktus e.g. {outside(next(iter(kaktus.quantities)), 40)!r} (both normalised)"
+            f"{hint}")
     expired = [(variant, event) for variant, event in plan.events if event.kind == "expired"]
     if expired:
         warnings["expired holds"] = (
@@ -1442,6 +1475,51 @@ def data_warnings(plan: Plan, settings: Settings, strays: list) -> dict:
             f"{sharing} of {counts['insales_with_barcode']} InSales variants share "
             "their barcode with another and are never synced; --report PATH lists them")
     return warnings
+
+
+class Refusal(NamedTuple):
+    """Why the guard refuses a plan, and whether --force may override it."""
+
+    reason: str
+    forceable: bool = True  # the data looks wrong, but Kaktus may be right: --force writes
+
+
+def warehouses_carried(keys: Iterable[str]) -> str:
+    """The warehouse indexes an InSales variant's keys carry: `0, 1`."""
+    found = sorted(int(key[21:]) for key in keys
+                   if key.startswith("quantity_at_warehouse") and key[21:].isdigit())
+    return ", ".join(map(str, found)) or "none"
+
+
+def refuse_setup(plan: Plan, settings: Settings, catalogue: InSalesCatalogue,
+                 warnings: dict) -> Refusal | None:
+    """Say why this run can sync nothing right, naming the setting to look at, or None: no
+    InSales quantity readable where INSALES_WAREHOUSE points, not one barcode matched while
+    both sides have variants, or the stock of every matched variant unknown. --force cannot
+    override it: there is nothing right to write. The warnings it says again are taken out of
+    `warnings`, so that each is said once."""
+    counts, kaktus = plan.counts, plan.kaktus
+    if settings.warehouse is not None and catalogue.variants and not any(
+            variant.quantity is not None for variant in catalogue.variants.values()):
+        return Refusal(f"INSALES_WAREHOUSE={settings.warehouse}: no InSales variant carries "
+                       f"{settings.quantity_field}; the variants carry warehouses "
+                       f"{warehouses_carried(catalogue.variant_keys)} (--check lists them "
+                       "by title); nothing sent", forceable=False)
+    if counts["insales_variants"] and kaktus.variants and not counts["matched"]:
+        found = [warnings.pop(topic) for topic in ("insales barcodes", "kaktus barcodes",
+                                                   "no match") if topic in warnings]
+        duplicates = (f"the barcodes both sides hold are each held twice on one side "
+                      f"({counts['insales_duplicate_barcodes']} in InSales, "
+                      f"{counts['kak2c_duplicate_barcodes']} in Kaktus; --report lists them)")
+        return Refusal("nothing can be synced: " + ("; ".join(found) or duplicates)
+                       + "; check INSALES_BARCODE_FIELD and KAK2C_BARCODE_FIELD",
+                       forceable=False)
+    if counts["matched"] and counts["unknown_stock"] == counts["matched"]:
+        warnings.pop("unknown stock", None)
+        return Refusal(stock_unknown(kaktus, settings,
+                                     f"all {counts['matched']} matched Kaktus variants"),
+                       forceable=False)
+    return None
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -1647,13 +1725,36 @@ def retry_after(headers: Mapping, default: float) -> float:
         return default
 
 
+class Service(NamedTuple):
+    """What the failure lines say of one API: its name, the setting of its address, what that
+    address looks like, and what to change when it refuses us (by HTTP status)."""
+
+    name: str
+    setting: str
+    address: str
+    refused: dict
+
+    def ask(self, url: str | None = None) -> str:
+        return f"is {self.setting}{'=' + url if url else ''} {self.address}?"
+
+
+KAKTUS_LOGIN_FIX = "check KAK2C_CREDENTIALS_FILE or KAK2C_LOGIN/KAK2C_PASSWORD (and KAK2C_DOMAIN)"
+INSALES = Service("InSales", "INSALES_URL", "the shop's address (https://myshop.myinsales.ru)", {
+    401: "check INSALES_API_KEY and INSALES_API_PASSWORD (the app's identifier and password)",
+    403: "the app lacks an access right: in the shop's admin, give it access to products (and, "
+         "for --check, to warehouses)"})
+KAKTUS = Service("Kaktus", "KAK2C_URL", "the Kaktus API's address (https://app.kak2c.ru)", {
+    401: KAKTUS_LOGIN_FIX,
+    403: "check KAK2C_DOMAIN (an account with several shops needs it) and the account's rights"})
+
+
 class Api:
     """One upstream API: its session, timeout, request count, retry policy and usage pacing."""
 
-    def __init__(self, name: str, setting: str, base_url: str, timeout: float,
-                 policy: RetryPolicy, auth=None, headers: Mapping | None = None):
-        self.name = name
-        self.setting = setting            # the setting that holds base_url, for the errors
+    def __init__(self, service: Service, base_url: str, timeout: float, policy: RetryPolicy,
+                 auth=None, headers: Mapping | None = None):
+        self.service = service
+        self.name, self.setting = service.name, service.setting  # for the messages
         self.base_url = base_url
         self.timeout = timeout            # the most one request may take, its answer included
         self.policy = policy
@@ -1716,7 +1817,27 @@ class Api:
                             f"(check {self.setting}={self.base_url})")
 
     def is_it_the_api(self) -> str:
-        return f"is {self.setting}={self.base_url} the API's address?"
+        return self.service.ask(self.base_url)
+
+    def expect_ok(self, answer: Answer, where: str) -> None:
+        """Fail on any answer but 200, naming what to change where the status tells it."""
+        if answer.status == 200:
+            return
+        detail = error_detail(answer.body)
+        if answer.status in self.service.refused:
+            raise CredentialsRejected(f"{where}: HTTP {answer.status}{detail}; "
+                                      f"{self.service.refused[answer.status]}")
+        if answer.status == 404:
+            raise UpstreamError(f"{where}: HTTP 404, no such API path; {self.is_it_the_api()}")
+        raise UpstreamError(f"{where}: HTTP {answer.status}{detail}")
+
+    def parse_json(self, answer: Answer, where: str, kind: type):
+        """Return the JSON body of a 200 answer if it is of the expected kind, else fail
+        clearly."""
+        self.expect_ok(answer, where)
+        return decode_json(answer.body, where, kind,
+                           answer.headers.get("Content-Type", "no Content-Type"),
+                           self.is_it_the_api())
 
     def redirected(self, where: str, answer: Answer) -> str:
         """Say where a redirect pointed, and what to set: calls never follow one (a login
@@ -1758,25 +1879,12 @@ class Api:
         self.policy.sleep(wait)
 
 
-def expect_ok(answer: Answer, where: str) -> None:
-    if answer.status != 200:
-        raise UpstreamError(f"{where}: HTTP {answer.status}{error_detail(answer.body)}")
-
-
-def parse_json(answer: Answer, where: str, kind: type):
-    """Return the JSON body of a 200 answer if it is of the expected kind, else fail clearly."""
-    expect_ok(answer, where)
-    return decode_json(answer.body, where, kind,
-                       answer.headers.get("Content-Type", "no Content-Type"))
-
-
 def make_apis(settings: Settings, policy: RetryPolicy) -> tuple:
     """The InSales API (Basic auth, never in the URL) and the Kaktus API (bearer, per call)."""
     domain = {"Domain": settings.kaktus_domain} if settings.kaktus_domain else {}
-    return (Api("InSales", "INSALES_URL", settings.insales_url, settings.timeout, policy,
+    return (Api(INSALES, settings.insales_url, settings.timeout, policy,
                 auth=(settings.insales_key, settings.insales_password)),
-            Api("Kaktus", "KAK2C_URL", settings.kaktus_url, settings.timeout, policy,
-                headers=domain))
+            Api(KAKTUS, settings.kaktus_url, settings.timeout, policy, headers=domain))
 
 
 # --- Kaktus token -----------------------------------------------------------------------------
@@ -1857,14 +1965,14 @@ class KaktusToken:
         answer = self.api.request("POST", "/api/lite/auth", data=self.credentials,
                                   headers={"Content-Type": "application/json"})
         if answer.status in (401, 403):
-            raise UpstreamError(f"Kaktus rejected the credentials (HTTP {answer.status}"
-                                f"{error_detail(answer.body)}); check KAK2C_CREDENTIALS_FILE or "
-                                "KAK2C_LOGIN/KAK2C_PASSWORD (and KAK2C_DOMAIN)")
-        body = parse_json(answer, "Kaktus login", dict)
+            raise CredentialsRejected(f"Kaktus rejected the credentials (HTTP {answer.status}"
+                                      f"{error_detail(answer.body)}); {KAKTUS_LOGIN_FIX}")
+        body = self.api.parse_json(answer, "Kaktus login", dict)
         token = body.get("access_token")
         if not isinstance(token, str) or not token.strip():
             if body.get("success") is False:
-                raise UpstreamError(f"Kaktus rejected the credentials{error_detail(answer.body)}")
+                raise CredentialsRejected(f"Kaktus rejected the credentials"
+                                          f"{error_detail(answer.body)}; {KAKTUS_LOGIN_FIX}")
             raise UpstreamError("Kaktus login answer is malformed: no access_token")
         if self.value:  # a watch renews it again and again
             SECRETS.discard(*token_forms(self.value))
@@ -1891,12 +1999,12 @@ KAKTUS_EXTRA_PAGES = 4       # pages read past recordsTotal's count while the ca
 def parse_kaktus_page(body: bytes, page: int) -> tuple:
     """Return (products, recordsTotal) from a Kaktus page body, or fail naming what is wrong."""
     where = f"Kaktus GET /api/lite/products?page={page}"
-    value = decode_json(body, where, dict)
+    value = decode_json(body, where, dict, ask=KAKTUS.ask())
     if value.get("success") is False:
         raise UpstreamError(f"{where}: error answer{error_detail(body)}")
     products, total = value.get("products"), value.get("recordsTotal")
     if not isinstance(products, list):
-        raise UpstreamError(f"{where}: no products list in the answer")
+        raise UpstreamError(f"{where}: no products list in the answer; {KAKTUS.ask()}")
     if isinstance(total, str) and total.isdigit() and len(total) < 19:
         total = int(total)
     if type(total) is not int or total < 0:  # noqa: E721 - bool is no count
@@ -1993,11 +2101,12 @@ def fetch_kaktus_page(api: Api, token: KaktusToken, page: int,
         answer = api.request("GET", "/api/lite/products", params=params,
                              headers={"Authorization": f"Bearer {sent}"})
         if not is_token_refused(answer):
-            expect_ok(answer, where)
+            api.expect_ok(answer, where)
             return answer.body
         if attempt == 1:
             token.renew(sent)
-    raise UpstreamError(f"{where}: a fresh token was refused too (HTTP 401)")
+    raise CredentialsRejected(f"{where}: a fresh token was refused too (HTTP 401); "
+                              f"{KAKTUS_LOGIN_FIX}")
 
 
 def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress: Progress,
@@ -2080,7 +2189,7 @@ def walk_insales(api: Api, since: str, from_id: int, progress: Progress,
                 log.info("%s: HTTP 504 (too much at once?); asking fewer products a page", where)
             per_page = max(INSALES_MIN_PAGE, per_page // 2)
             continue
-        page = parse_json(answer, where, list)
+        page = api.parse_json(answer, where, list)
         if not page:
             return
         found = last_anchor(page)
@@ -2113,7 +2222,8 @@ def fetch_insales_catalogue(api: Api, fields: tuple, known: InSalesCatalogue | N
         catalogue, start = InSalesCatalogue({}, (WALK_START, 0), now), (WALK_START, 0)
     else:
         catalogue, start = known, walk_from(known.cursor, now)
-        catalogue.skipped, catalogue.strays = 0, []  # this walk's, not the last one's too
+        # this walk's, not the last one's too
+        catalogue.skipped, catalogue.strays, catalogue.variant_keys = 0, [], ()
     try:
         for page, cursor in walk_insales(api, *start, progress, stop,
                                          with_deleted=known is not None):
@@ -2381,7 +2491,8 @@ def _hold_note(decision: Decision, rules: Rules) -> str:
     return f"held {hold_text(holds, rules)}" if holds else ""
 
 
-def print_plan(plan: Plan, rules: Rules, refusal: str | None, report: Path | None, out) -> None:
+def print_plan(plan: Plan, rules: Rules, refusal: Refusal | None, report: Path | None,
+               out) -> None:
     """Print the planned changes, and the variants held, as an aligned table capped on screen."""
     shown = {variant.id: (variant, decision) for variant, decision in plan.updates}
     shown.update((variant.id, (variant, decision)) for variant, decision in plan.held)
@@ -2403,7 +2514,9 @@ def print_plan(plan: Plan, rules: Rules, refusal: str | None, report: Path | Non
           + (f"; {plan.counts['held_units']} units held for sales in flight"
              if plan.counts["held_units"] else ""), file=out)
     if refusal:
-        print(f"The safety guard would refuse this plan: {refusal}", file=out)
+        final = "" if refusal.forceable else " (--force cannot override it)"
+        print(clean(f"The safety guard would refuse this plan{final}: {refusal.reason}"),
+              file=out)
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -2699,6 +2812,7 @@ class Planned(NamedTuple):
     plan: Plan
     catalogue: InSalesCatalogue
     inputs: tuple        # plan_updates()'s, for report_rows()
+    refusal: Refusal | None
 
 
 def plan_sync(job: Job, options: Options, memory: Memory,
@@ -2729,35 +2843,40 @@ def plan_sync(job: Job, options: Options, memory: Memory,
                   variant.id, outside(variant.title, 50), event.units)
     where = ("the variant ids" if index.barcode_field == "id" else
              "barcode, barcodes" if index.barcode_field == "barcode" else index.barcode_field)
-    memory.say(logging.INFO, "barcode field", f"Kaktus barcodes read from {where} "
+    memory.say(logging.DEBUG, "barcode field", f"Kaktus barcodes read from {where} "
                f"(KAK2C_BARCODE_FIELD={settings.kaktus_barcode_field})", now)
-    memory.say(logging.INFO, "stock field", f"Kaktus variants by the stock figure read "
+    memory.say(logging.DEBUG, "stock field", f"Kaktus variants by the stock figure read "
                f"(KAK2C_STOCK_FIELD={settings.stock_setting}): "
                f"{index.stock_rules_text() or 'none'}", now)
-    for about, warning in data_warnings(plan, settings, catalogue.strays).items():
+    warnings = data_warnings(plan, settings, catalogue.strays)
+    zeroing = check_guard(plan, settings.guard_zero_share)
+    refusal = refuse_setup(plan, settings, catalogue, warnings) or (
+        Refusal(zeroing) if zeroing else None)
+    for about, warning in warnings.items():
         memory.say(logging.WARNING, about, warning, now)
     return Planned(SyncResult(Status.DRY_RUN, mode, plan.counts,
                               skipped_records=catalogue.skipped + index.skipped,
-                              guard=check_guard(plan, settings.guard_zero_share)),
-                   plan, catalogue, inputs)
+                              guard=refusal and refusal.reason),
+                   plan, catalogue, inputs, refusal)
 
 
 def write_sync(job: Job, options: Options, memory: Memory, planned: Planned) -> SyncResult:
     """Write the plan, unless it is a dry run or the guard refuses: announce the writes in the
     state, send them, settle what InSales made of them. A SyncError it lets out carries the
     result."""
-    settings, (result, plan, catalogue, inputs) = job.settings, planned
+    settings, (result, plan, catalogue, inputs, refusal) = job.settings, planned
     if options.dry_run:
-        print_plan(plan, inputs[4], result.guard, options.report,
+        print_plan(plan, inputs[4], refusal, options.report,
                    sys.stderr if options.plan_to_stderr else sys.stdout)
         write_report_or_log(options.report, report_rows(*inputs), {})
         return result
-    if result.guard and not options.force:
+    if refusal and not (options.force and refusal.forceable):
         write_report_or_log(options.report, report_rows(*inputs),
                             {v.id: ("skip", "guard") for v, _ in plan.updates})
-        raise GuardRefused(f"safety guard: {result.guard}; nothing written", result)
-    if result.guard:
-        log.warning("safety guard overridden by --force: %s", result.guard)
+        final = "" if refusal.forceable else " (--force cannot override it: nothing right to write)"
+        raise GuardRefused(f"safety guard: {refusal.reason}; nothing written{final}", result)
+    if refusal:
+        log.warning("safety guard overridden by --force: %s", refusal.reason)
     kept = catalogue if walks_incrementally(settings, catalogue, memory.watching) else None
     # Announce the writes before sending them (each Track's R): a sale is never mistaken for
     # our own write, even one InSales applies late or one of a run killed half-way.
@@ -2909,7 +3028,7 @@ def watch(args: argparse.Namespace, job: Job, memory: Memory, clock: Callable[[]
         report_sync(args, job, memory, result, clock() - started, delay)
         if wait(next_wait(job, needs, started, delay, clock())):
             break
-    log.info("stopped after %d syncs", memory.syncs)
+    log.info("stopped after %d %s", memory.syncs, "sync" if memory.syncs == 1 else "syncs")
     return EXIT_OK
 
 
@@ -2933,36 +3052,59 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(number, handler)
 
 
-def run_check(job: Job) -> None:
-    """Log in to both APIs, read one page of each and print what was found; write nothing."""
-    settings, insales, kaktus, token = job.settings, job.insales, job.kaktus, job.token
-    count = parse_json(insales.request("GET", "/admin/products/count.json"),
-                       "InSales GET /admin/products/count.json", dict).get("count")
-    warehouses = parse_json(insales.request("GET", "/admin/warehouses.json"),
-                            "InSales GET /admin/warehouses.json", list)
-    page = parse_json(insales.request("GET", "/admin/products.json", params={"per_page": 10}),
-                      "InSales GET /admin/products.json", list)
-    products, total = parse_kaktus_page(
-        fetch_kaktus_page(kaktus, token, 0, settings.kaktus_page_size), 0)
+def check_insales(job: Job, problems: list) -> list:
+    """Read InSales' count, warehouses and first page: return the lines --check prints of
+    them, adding to `problems` what would keep a sync from working."""
+    settings, insales = job.settings, job.insales
+    count = insales.parse_json(insales.request("GET", "/admin/products/count.json"),
+                               "InSales GET /admin/products/count.json", dict).get("count")
+    warehouses = insales.parse_json(insales.request("GET", "/admin/warehouses.json"),
+                                    "InSales GET /admin/warehouses.json", list)
+    page = insales.parse_json(
+        insales.request("GET", "/admin/products.json", params={"per_page": 10}),
+        "InSales GET /admin/products.json", list)
     strays: list = []
     shop_variants = [v for product in page
                      for v in parse_insales_product(product, settings.insales_fields, strays) or ()]
     field, other = settings.insales_fields[1:]
+    coded = sum(v.barcode is not None for v in shop_variants)
     lines = [f"InSales {settings.insales_url}: {count} products; first page read "
              f"({len(page)} products); writing {settings.quantity_field}",
-             f"  barcodes read from {field} (INSALES_BARCODE_FIELD): "
-             f"{sum(v.barcode is not None for v in shop_variants)} of {len(shop_variants)} "
-             f"variants on that page carry one; {len(strays)} without one have {other} filled"]
-    for house in warehouses:
-        if isinstance(house, dict):
-            index = house.get("array_index")
-            lines.append(f"  warehouse {house.get('title')!r}: array_index={index} "
-                         f"(INSALES_WAREHOUSE={index} writes quantity_at_warehouse{index})")
+             f"  barcodes read from {field} (INSALES_BARCODE_FIELD): {coded} of "
+             f"{len(shop_variants)} variants on that page carry one; {len(strays)} without one "
+             f"have {other} filled"]
+    houses = [house for house in warehouses if isinstance(house, dict)]
+    for house in houses:
+        index = house.get("array_index")
+        lines.append(f"  warehouse {house.get('title')!r}: array_index={index} "
+                     f"(INSALES_WAREHOUSE={index} writes quantity_at_warehouse{index})")
+    indexes = [house.get("array_index") for house in houses]
+    if settings.warehouse is not None and settings.warehouse not in indexes:
+        problems.append(f"INSALES_WAREHOUSE={settings.warehouse} is none of the shop's "
+                        f"warehouses (array_index {', '.join(map(str, indexes)) or 'none'}): "
+                        "set it to one of them, or unset it to write quantity")
+    if shop_variants and not coded:
+        problems.append(insales_barcodes_missing(len(shop_variants), strays, settings,
+                                                 " on the first page"))
+    return lines
+
+
+def check_kaktus(job: Job, problems: list) -> list:
+    """Log in to Kaktus and read page 0: return the lines --check prints of it, adding to
+    `problems` what would keep a sync from working."""
+    settings = job.settings
+    products, total = parse_kaktus_page(
+        fetch_kaktus_page(job.kaktus, job.token, 0, settings.kaktus_page_size), 0)
     variants = [v for product in products for v in kaktus_variants(product) if isinstance(v, dict)]
     nested = sum(isinstance(p, dict) and isinstance(p.get("variants"), list) for p in products)
     stock_keys = set().union(*map(stock_entry_keys, variants))
     index = index_kaktus([products], settings.stock_rule, settings.kaktus_barcode_field)
-    lines += [
+    if index.variants and not index.with_barcode:
+        problems.append(kaktus_barcodes_missing(index, settings, " on page 0"))
+    if index.variants and index.unknown == index.variants:
+        problems.append(stock_unknown(index, settings,
+                                      f"all {index.variants} Kaktus variants on page 0"))
+    return [
         f"Kaktus {settings.kaktus_url}: logged in; recordsTotal={total}, "
         f"{len(products)} products on page 0",
         f"  catalogue shape on page 0: {nested} products with a variants list, "
@@ -2977,8 +3119,28 @@ def run_check(job: Job) -> None:
         f"{index.variants} variants on page 0 carry one",
         f"  on page 0: {len(index.quantities)} barcodes, {len(index.duplicates)} duplicated, "
         f"{index.unknown} variants with unreadable stock"]
-    for line in lines:
-        print(clean(line))
+
+
+def run_check(job: Job) -> int:
+    """Log in to both APIs, read one page of each, print what was found, then a verdict:
+    `ready`, or each problem found with its fix; write nothing. Exit 0 when ready, 2 (a setup
+    to fix) when not; an API that fails otherwise is exit 3, as in a run."""
+    problems = list(job.setup)
+    for check in (check_insales, check_kaktus):
+        try:
+            lines = check(job, problems)
+        except CredentialsRejected as exc:
+            problems.append(str(exc))
+            continue
+        for line in lines:
+            print(clean(line))
+    if not problems:
+        print("ready")
+        return EXIT_OK
+    print(f"not ready: {len(problems)} {'problem' if len(problems) == 1 else 'problems'} to fix")
+    for problem in problems:
+        print(clean(f"  - {problem}"))
+    return EXIT_CONFIG
 
 
 def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
@@ -3042,7 +3204,8 @@ def parse_args(argv) -> argparse.Namespace:
         epilog="settings, from the environment and .env (see .env.example and README.md):\n"
                + settings)
     parser.add_argument("--dry-run", action="store_true", help="plan and print, write nothing")
-    parser.add_argument("--env-file", metavar="PATH", help="settings file instead of ./.env")
+    parser.add_argument("--env-file", metavar="PATH",
+                        help="settings file instead of the .env beside sync_stock.py")
     parser.add_argument("--json", action="store_true",
                         help="print the run summary as JSON (with --watch: a line per sync)")
     parser.add_argument("--report", metavar="PATH", help="write a CSV row per barcode seen")
@@ -3091,8 +3254,7 @@ def dispatch(args: argparse.Namespace, job: Job, sleep: Callable[[float], None],
             report_sync(args, job, Memory(), SyncResult(Status.SKIPPED), 0.0)
             return EXIT_OK
         if args.check:
-            run_check(job)
-            return EXIT_OK
+            return run_check(job)
         metrics = job.settings.metrics_file
         memory = Memory(args.watch, read_last_success(metrics) if metrics else None)
         if not args.watch:

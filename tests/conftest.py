@@ -171,3 +171,12 @@ def warnings_of(result) -> list:
 
 def writes(box) -> list:
     return box.insales.calls("PUT", "/admin/products/variants_group_update.json")
+
+
+def refusal_of(result) -> str:
+    """The reason a run was refused for (exit 4, status refused, said at ERROR, so that cron
+    mails it even with -q), which tests check for the setting it names."""
+    assert (result.code, result.summary["status"]) == (4, "refused"), result.err
+    reason = result.summary["error"]
+    assert any(" ERROR " in line and reason in line for line in result.err.splitlines())
+    return reason

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import sandbox
-from conftest import add_pair, warnings_of, writes
+from conftest import add_pair, refusal_of, warnings_of, writes
 
 
 def kaktus_stock_by_id(box) -> dict:
@@ -28,7 +28,7 @@ def test_the_original_integrations_account_is_synced_by_variant_id(box, run, pro
     truth = kaktus_stock_by_id(box)
     differing = sum(shop_by_barcode(box)[code] != qty for code, qty in truth.items())
     assert differing > 10
-    result = run()
+    result = run("-v")
     assert (result.code, result.summary["status"]) == (0, "ok")
     assert result.summary["kak2c_barcode_field"] == "id"
     assert (result.summary["matched"], result.summary["updated"]) == (products, differing)
@@ -80,14 +80,15 @@ def test_an_explicit_barcode_field_is_read_alone(box, run, field, value):
     assert box.insales.variant(decoy["variants"][0]["id"])["quantity"] == 0
 
 
-def test_an_explicit_field_no_variant_has_is_warned_about(box, run):
-    """KAK2C_BARCODE_FIELD=ean on an account without `ean`: a warning naming the setting and
-    the keys seen, even with -q; nothing written."""
+def test_an_explicit_field_no_variant_has_is_refused_naming_it(box, run):
+    """KAK2C_BARCODE_FIELD=ean on an account without `ean`: refused (exit 4, even with -q),
+    naming the setting and the keys seen, said once; nothing written."""
     add_pair(box, "B1", 0, 5)
-    [warning] = warnings_of(run("-q", KAK2C_BARCODE_FIELD="ean"))
-    assert "none of the 1 Kaktus variants carries a barcode" in warning
-    assert "KAK2C_BARCODE_FIELD=ean" in warning and "barcode, id, stock" in warning
-    assert writes(box) == []
+    result = run("-q", KAK2C_BARCODE_FIELD="ean")
+    reason = refusal_of(result)
+    assert "none of the 1 Kaktus variants carries a barcode" in reason
+    assert "KAK2C_BARCODE_FIELD=ean" in reason and "barcode, id, stock" in reason
+    assert warnings_of(result) == [] and writes(box) == []
 
 
 @pytest.mark.parametrize("value", ["bar-code", "1st", "a.b", "ean code"])
@@ -100,16 +101,16 @@ def test_a_malformed_barcode_field_name_exits_2(box, run, value):
 
 
 def test_ids_that_match_nothing_say_where_to_look(box, run):
-    """Ids taken as barcodes but none in InSales: the warning says ids were used, names
+    """Ids taken as barcodes but none in InSales: refused, saying ids were used, naming
     KAK2C_BARCODE_FIELD and the keys seen."""
     for n in range(5):
         box.insales.add_product(f"P{n}", [{"barcode": f"B{n}", "quantity": 1}])
         box.kak2c.add_product({"id": n, "ean": f"B{n}", "stock": [{"stockTotal": 2}]})
     result = run("-q")
-    [warning] = warnings_of(result)
-    assert "not one barcode matches" in warning and "ids were taken as barcodes" in warning
-    assert "KAK2C_BARCODE_FIELD" in warning and "ean" in warning
-    assert result.summary["kak2c_barcode_field"] == "id"
+    reason = refusal_of(result)
+    assert "not one barcode matches" in reason and "ids were taken as barcodes" in reason
+    assert "KAK2C_BARCODE_FIELD" in reason and "ean" in reason
+    assert result.summary["kak2c_barcode_field"] == "id" and writes(box) == []
 
 
 def test_check_says_where_barcodes_are_read_on_both_sides(box, run):
@@ -125,15 +126,15 @@ def test_check_says_where_barcodes_are_read_on_both_sides(box, run):
 # --- InSales: barcodes in the SKU -------------------------------------------------------------
 
 def test_barcodes_kept_in_the_sku_are_synced_with_insales_barcode_field(box, run):
-    """A shop with "barcode": null and the barcodes in `sku`: by default a warning suggesting
-    sku (even with -q) and nothing matched; with INSALES_BARCODE_FIELD=sku, synced."""
+    """A shop with "barcode": null and the barcodes in `sku`: by default refused (exit 4, even
+    with -q), suggesting sku, nothing matched; with INSALES_BARCODE_FIELD=sku, synced."""
     sandbox.fill_sample(box, products=30, sizes=2, quirks=False, differ=0.5,
                         insales_barcodes_in="sku")
     plain = run("-q")
-    assert (plain.code, plain.summary["matched"], writes(box)) == (0, 0, [])
-    [warning] = warnings_of(plain)
+    reason = refusal_of(plain)
+    assert (plain.summary["matched"], writes(box)) == (0, [])
     assert "none of the 60 InSales variants has a barcode in INSALES_BARCODE_FIELD=barcode" in \
-        warning and "set INSALES_BARCODE_FIELD=sku" in warning
+        reason and "set INSALES_BARCODE_FIELD=sku" in reason
     result = run(INSALES_BARCODE_FIELD="sku")
     assert (result.code, result.summary["matched"]) == (0, 60)
     kaktus = {v["barcode"]: v["stock"][0]["stockTotal"] for v in box.kak2c.variants()}
@@ -141,12 +142,12 @@ def test_barcodes_kept_in_the_sku_are_synced_with_insales_barcode_field(box, run
     assert warnings_of(result) == []
 
 
-def test_a_shop_without_barcodes_and_no_likely_sku_is_warned_about(box, run):
-    """No barcodes and SKUs on few variants: the warning names the setting, suggests nothing."""
+def test_a_shop_without_barcodes_and_no_likely_sku_is_refused(box, run):
+    """No barcodes and SKUs on few variants: the refusal names the setting, suggests nothing."""
     box.insales.add_product("P", [{"barcode": None, "sku": None, "quantity": 1}] * 3)
     box.kak2c.add_product({"id": 1, "barcode": "X", "stock": [{"stockTotal": 1}]})
-    [warning] = warnings_of(run("-q"))
-    assert "INSALES_BARCODE_FIELD=barcode" in warning and "sku" not in warning
+    reason = refusal_of(run("-q"))
+    assert "INSALES_BARCODE_FIELD=barcode" in reason and "sku" not in reason
 
 
 def test_an_unknown_insales_barcode_field_exits_2(box, run):

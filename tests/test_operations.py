@@ -11,7 +11,7 @@ import pytest
 
 import sandbox
 import sync_stock
-from conftest import ROOT, add_pair, start_monitor, warnings_of, writes
+from conftest import ROOT, add_pair, quantity, refusal_of, start_monitor, warnings_of, writes
 
 ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
 
@@ -150,11 +150,16 @@ def test_check_reports_what_it_found_and_writes_nothing(box, run):
     assert box.insales.calls("GET", "/admin/warehouses.json")
 
 
-def test_check_with_bad_credentials_exits_3(box, run):
-    """--check exits 3 when an API refuses us."""
+def test_check_with_bad_credentials_is_a_setup_problem(box, run):
+    """--check with a wrong InSales password: Kaktus is still checked, and the verdict names
+    the settings to fix; exit 2, no summary."""
     result = run("--check", INSALES_API_PASSWORD="wrong")
-    assert result.code == 3
-    assert "HTTP 401" in result.err
+    assert result.code == 2
+    assert "Kaktus " in result.out and "logged in" in result.out
+    assert result.out.splitlines()[-2:] == [
+        "not ready: 1 problem to fix",
+        "  - InSales GET /admin/products/count.json: HTTP 401: {\"error\": \"Unauthorized\"}; "
+        "check INSALES_API_KEY and INSALES_API_PASSWORD (the app's identifier and password)"]
     assert result.summary is None and "status=" not in result.err  # a summary is a sync's
 
 
@@ -206,34 +211,52 @@ def test_a_healthy_catalogue_warns_of_nothing(box, run):
     assert warnings_of(run("-v")) == []
 
 
-def test_warns_when_no_kaktus_variant_has_a_barcode(box, run):
-    """Barcodes in a field we do not read, and no ids: a warning naming the setting and the
+def test_refuses_when_no_kaktus_variant_has_a_barcode(box, run):
+    """Barcodes in a field we do not read, and no ids: refused, naming the setting and the
     keys seen, even with -q."""
     for n in range(5):
         box.insales.add_product(f"P{n}", [{"barcode": f"B{n}", "quantity": 1}])
         box.kak2c.add_product({"sku": n, "ean": f"B{n}", "stock": [{"stockTotal": 2}]})
-    [warning] = warnings_of(run("-q"))
-    assert "none of the 5 Kaktus variants carries a barcode" in warning
-    assert "KAK2C_BARCODE_FIELD=auto" in warning
-    assert "ean" in warning and "barcodes" in warning
+    reason = refusal_of(run("-q"))
+    assert "none of the 5 Kaktus variants carries a barcode" in reason
+    assert "KAK2C_BARCODE_FIELD=auto" in reason
+    assert "ean" in reason and "barcodes" in reason and writes(box) == []
 
 
-def test_warns_when_most_kaktus_stock_is_unknown(box, run):
-    """KAK2C_STOCK_FIELD naming a field the account does not send: named, with the keys seen."""
+def test_refuses_when_every_matched_stock_is_unknown(box, run):
+    """KAK2C_STOCK_FIELD naming a field the account does not send: refused, even with --force,
+    naming the setting and the keys seen; nothing written."""
     for n in range(4):
         add_pair(box, f"K{n}", 1, 3)
-    warnings = warnings_of(run("-q", KAK2C_STOCK_FIELD="stockFree"))
-    assert len(warnings) == 1
-    assert "4 of 4 Kaktus variants have unknown stock" in warnings[0]
+    for args in (["-q"], ["-q", "--force"]):
+        result = run(*args, KAK2C_STOCK_FIELD="stockFree")
+        reason = refusal_of(result)
+        assert "all 4 matched Kaktus variants have unknown stock" in reason
+        assert "KAK2C_STOCK_FIELD='stockFree'" in reason and "stockTotal" in reason
+        assert warnings_of(result) == [] and writes(box) == []
+
+
+def test_warns_when_most_kaktus_stock_is_unknown_and_syncs_the_rest(box, run):
+    """Most entries lack the field KAK2C_STOCK_FIELD names: a warning with the keys seen, and
+    the variant that has it is synced."""
+    for n in range(3):
+        add_pair(box, f"K{n}", 1, 3)
+    known = add_pair(box, "K3", 1, 3)
+    box.kak2c.products[-1]["variants"][0]["stock"] = [{"stockTotal": 3, "stockFree": 2}]
+    result = run("-q", KAK2C_STOCK_FIELD="stockFree")
+    warnings = warnings_of(result)
+    assert (result.code, quantity(box, known), len(warnings)) == (0, 2, 1)
+    assert "3 of 4 Kaktus variants have unknown stock" in warnings[0]
     assert "KAK2C_STOCK_FIELD='stockFree'" in warnings[0] and "stockTotal" in warnings[0]
 
 
 def test_warns_when_not_one_barcode_matches(box, run):
-    """Both sides have barcodes but none in common: one of each side, normalised."""
+    """Both sides have barcodes but none in common: refused, with one of each side,
+    normalised."""
     box.insales.add_product("P", [{"barcode": "4600000000017", "quantity": 1}])
     box.kak2c.add_product({"id": 1, "barcode": "X-1", "stock": [{"stockTotal": 2}]})
-    [warning] = warnings_of(run("-q"))
-    assert "'04600000000017'" in warning and "'X-1'" in warning
+    reason = refusal_of(run("-q"))
+    assert "'04600000000017'" in reason and "'X-1'" in reason
 
 
 def test_warns_when_many_insales_barcodes_are_duplicated(box, run):

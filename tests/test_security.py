@@ -140,10 +140,10 @@ def test_a_dripping_answer_is_given_up_at_the_deadline(box, run, drip_after):
     variant = add_pair(box, "D1", 0, 3)
     box.kak2c.inject("POST /api/lite/auth", status=None, drip=0.05, drip_after=drip_after)
     started = time.monotonic()
-    result = run(SYNC_TIMEOUT=0.5)
+    result = run(SYNC_TIMEOUT=0.2)
     took = time.monotonic() - started
     assert (result.code, quantity(box, variant), result.waits) == (0, 3, [0.5])
-    assert "gave no whole answer within 0.5 s (SYNC_TIMEOUT)" in result.err
+    assert "gave no whole answer within 0.2 s (SYNC_TIMEOUT)" in result.err
     assert took < 4
 
 
@@ -155,15 +155,15 @@ def test_a_dripping_healthcheck_holds_neither_the_run_nor_the_lock(box, run):
     monitor.inject("GET", status=None, drip=0.05, times=100)
     try:
         started = time.monotonic()
-        first = run(HEALTHCHECK_URL=monitor.url, SYNC_TIMEOUT=0.3)
+        first = run(HEALTHCHECK_URL=monitor.url, SYNC_TIMEOUT=0.15)
         took = time.monotonic() - started
-        second = run(HEALTHCHECK_URL=monitor.url, SYNC_TIMEOUT=0.3)
+        second = run(HEALTHCHECK_URL=monitor.url, SYNC_TIMEOUT=0.15)
     finally:
         monitor.stop()
     assert (first.code, first.summary["status"], second.summary["status"]) == (0, "ok", "ok")
-    assert any("ping /start (HEALTHCHECK_URL) failed" in line and "within 0.3 s" in line
+    assert any("ping /start (HEALTHCHECK_URL) failed" in line and "within 0.15 s" in line
                for line in warnings_of(first))
-    assert took < 3
+    assert took < 2
 
 
 # --- files ------------------------------------------------------------------------------------

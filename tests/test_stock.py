@@ -284,11 +284,16 @@ def test_stock_expression_subtracts_reserved_units(box, run):
 
 
 def test_stock_expression_naming_a_missing_field_is_unknown_stock(box, run):
-    """A field the entries lack makes the stock unknown: never written as 0, and warned about."""
-    variant = add_pair(box, "E2", 4, 10)
+    """A field the entries lack makes the stock unknown: never written as 0, and warned about;
+    a variant whose entries carry both is synced."""
+    variant, other = add_pair(box, "E2", 4, 10), add_pair(box, "E3", 4, 10)
+    carried = add_pair(box, "E4", 4, 10)
+    box.kak2c.products[-1]["variants"][0]["stock"] = [{"stockTotal": 10, "stockReserved": 3}]
     result = run(KAK2C_STOCK_FIELD="stockTotal-stockReserved")
-    assert (result.code, result.summary["unknown_stock"], quantity(box, variant)) == (0, 1, 4)
-    assert "KAK2C_STOCK_FIELD" in result.err and "stockTotal" in result.err
+    assert (result.code, result.summary["unknown_stock"], quantity(box, variant)) == (0, 2, 4)
+    assert (quantity(box, other), quantity(box, carried)) == (4, 7)
+    [warning] = warnings_of(result)
+    assert "KAK2C_STOCK_FIELD" in warning and "stockTotal" in warning
 
 
 @pytest.mark.parametrize("name, value", [

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 import sandbox
-from conftest import add_pair, kaktus_quantities, shop_quantities, writes
+from conftest import add_pair, kaktus_quantities, refusal_of, shop_quantities, writes
 
 SUMMARY_KEYS = {
     "status", "insales_variants", "insales_with_barcode", "insales_duplicate_barcodes",
@@ -82,13 +82,27 @@ def test_duplicates_and_variants_without_barcode_are_never_written(box, run):
     box.kak2c.add_product({"id": 1, "barcode": "D1", "stock": [{"stockTotal": 9}]})
     add_pair(box, "K1", 1, 9)
     box.kak2c.add_product({"id": 2, "barcode": "K1", "stock": [{"stockTotal": 8}]})
+    add_pair(box, "OK1", 1, 1)  # one barcode matched, already right: the run has work to do
     result = run()
-    assert result.code == 0
+    assert (result.code, result.summary["matched"]) == (0, 1)
     assert writes(box) == []
     assert all(v["quantity"] == 1 for v in box.insales.all_variants())
     assert result.summary["insales_duplicate_barcodes"] == 1
     assert result.summary["kak2c_duplicate_barcodes"] == 1
-    assert result.summary["insales_with_barcode"] == 3
+    assert result.summary["insales_with_barcode"] == 4
+
+
+def test_a_shop_whose_every_barcode_is_a_duplicate_is_refused(box, run):
+    """Every barcode held twice on one side or the other: nothing can be synced, so the run is
+    refused, saying so (not status ok with nothing done)."""
+    box.insales.add_product("dup", [{"barcode": "D1", "quantity": 1},
+                                    {"barcode": "D1", "quantity": 1}])
+    box.kak2c.add_product({"id": 1, "barcode": "D1", "stock": [{"stockTotal": 9}]})
+    add_pair(box, "K1", 1, 9)
+    box.kak2c.add_product({"id": 2, "barcode": "K1", "stock": [{"stockTotal": 8}]})
+    reason = refusal_of(run())
+    assert "held twice on one side (1 in InSales, 1 in Kaktus" in reason
+    assert writes(box) == []
 
 
 def test_unknown_kaktus_stock_is_never_written_as_zero(box, run):

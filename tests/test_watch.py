@@ -160,14 +160,14 @@ def test_a_malformed_pace_setting_exits_2(box, run, name, value):
 def test_data_warnings_are_said_once_an_hour(box, watch):
     """A warning that holds sync after sync is said once, and again an hour later."""
     add_pair(box, "X-1", 1, 2)
-    box.kak2c.products[0]["variants"][0]["barcode"] = "Y-1"  # not one barcode matches
+    box.insales.add_product("shared", [{"barcode": "S-1", "quantity": 1}] * 2)  # 2 of 3 share
 
     def between(done):
         if done == 3:
             box.advance(3600)
 
-    result = watch(syncs=5, between=between)
-    matching = [w for w in warnings_of(result) if "not one barcode matches" in w]
+    result = watch("-v", syncs=5, between=between)
+    matching = [w for w in warnings_of(result) if "share their barcode" in w]
     assert len(matching) == 2
     assert result.err.count("Kaktus barcodes read from") == 2
 
