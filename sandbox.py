@@ -2,7 +2,7 @@
 """Local emulators of the InSales and Kaktus APIs: real HTTP servers on 127.0.0.1.
 
 One emulator, three users: `sync_stock.py --demo`, the tests and tests/benchmark.py. Both follow
-what README.md's "What we know of the two APIs" says (Basic auth, the bare product array and its
+what docs/apis.md ("What we know of the two APIs") says (Basic auth, the bare product array and its
 keyset walk, `per_page` cap, `count.json`, warehouses, the group update with its 100 cap,
 Content-Type check and both answer styles, `API-Usage-Limit` with a fixed-window 429/503 +
 Retry-After, the walk's end on an empty page, the trash behind `with_deleted`, 504 on pages too

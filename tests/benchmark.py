@@ -2,7 +2,7 @@
 """Measure sync_stock against the sandbox: requests, writes, wall time, CPU and memory.
 
 Not a test: it prints one table and asserts nothing about seconds. `--quick` (CI) uses small
-catalogues so that it never rots; without it, the figures in README.md's Performance section.
+catalogues so that it never rots; without it, the figures in docs/performance.md.
 
 Scenarios:
 - latency: 150 ms added to every request. The lower bound is the critical path of the reads

@@ -1,4 +1,5 @@
-"""The sandbox itself, checked against what the README says of both APIs: if it lies, tests lie."""
+"""The sandbox itself, checked against what docs/apis.md says of both APIs: if it lies, tests
+lie."""
 import base64
 import json
 

@@ -9,7 +9,7 @@ refused) or a run killed after it announced its writes. After every run that exi
 variant may show more than Kaktus can sell less the InSales orders Kaktus has not seen, except
 by what the figures cannot tell apart (see Ledger.masked); once trading stops the shop must
 converge to Kaktus' figures. The clock is the sandbox's: a minute passes in no time.
-`python tests/test_soak.py` prints the figures the README quotes.
+`python tests/test_soak.py` prints the figures docs/stock-to-publish.md quotes.
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def trade(box, rng, ledger: Ledger, ids: dict, minute: int, closed: bool = False
         box.insales.set_variant(order.variant, quantity=shown(box, order.variant) + order.units)
     # Cancelled after Kaktus counted it, before it shipped: back on both sides. Not on a variant
     # sold this same minute: there the sale and the cancel net out in InSales' figure, and no
-    # rule over stock figures can see that sale (README, "What it cannot see").
+    # rule over stock figures can see that sale (docs/stock-to-publish.md, "What it cannot see").
     counted = [order for order in ledger.counted
                if order.variant is not None and order.variant not in sold]
     if counted and rng.random() < 0.1:
@@ -303,7 +303,7 @@ def test_stock_total_offers_what_marketplaces_reserved(box, run, env, tmp_path):
     assert Figures.units(figures.oversold) > 20
 
 
-if __name__ == "__main__":  # the README's figures: python tests/test_soak.py
+if __name__ == "__main__":  # docs/stock-to-publish.md's figures
     import tempfile
     from pathlib import Path
 
