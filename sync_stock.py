@@ -82,7 +82,7 @@ AUTO_INCREMENTAL_PRODUCTS = 12_500  # over 50 pages a full walk costs half the b
 CURSOR_REWIND = timedelta(seconds=2)  # InSales times may have one-second resolution
 CURSOR_RECENT = 60          # seconds: until then a walk looks again at the last second read
 WALK_START = "2000-01-01T00:00:00.000+00:00"
-STATE_VERSION = 3
+STATE_VERSION = 4
 DRY_RUN_ROWS = 50
 WARN_MOST = 5               # malformed records named one by one in a run's log
 EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_UPSTREAM, EXIT_REFUSED = 0, 1, 2, 3, 4
@@ -951,13 +951,15 @@ class InSalesCatalogue:
     # what this walk read of the other barcode field (sku or barcode) where the set one is empty
     strays: list = field(default_factory=list)
     variant_keys: tuple = ()  # the keys of a variant this walk read: the warehouses it carries
+    revision: int = 0         # bumped by every change of its variants (see keep_state)
     by_product: dict = field(default_factory=dict)  # product id -> its variants, while merging
 
 
 def merge_insales_page(catalogue: InSalesCatalogue, page: list, fields: tuple) -> list:
     """Merge a page of InSales products into the catalogue, in place: a product's variants
     replace what was known of it, and one in the trash leaves it. Return the ids (as text) of
-    the malformed products skipped. `fields`: see parse_insales_product."""
+    the malformed products skipped. `fields`: see parse_insales_product. A product read again
+    as it was (an incremental walk looks at its last second twice) changes no revision."""
     if not catalogue.by_product and catalogue.variants:
         for variant in catalogue.variants.values():
             catalogue.by_product.setdefault(variant.product_id, []).append(variant)
@@ -969,10 +971,13 @@ def merge_insales_page(catalogue: InSalesCatalogue, page: list, fields: tuple) -
             continue
         if variants and not catalogue.variant_keys:
             catalogue.variant_keys = tuple(map(str, product["variants"][0]))
-        for old in catalogue.by_product.pop(product["id"], ()):
+        known = catalogue.by_product.pop(product["id"], None)
+        for old in known or ():
             catalogue.variants.pop(old.id, None)
         if product.get("archived") is True:  # in the trash: never written, forgotten
+            catalogue.revision += known is not None
             continue
+        catalogue.revision += known != variants
         catalogue.by_product[product["id"]] = variants
         catalogue.variants.update((v.id, v) for v in variants)
     catalogue.skipped += len(malformed)
@@ -2331,8 +2336,13 @@ class BadState(ValueError):
     """A state file that this version cannot read: the run starts afresh."""
 
 
-def shop_key(settings: Settings) -> str:
-    return f"{settings.insales_url}#{settings.quantity_field}"
+def state_key(settings: Settings) -> dict:
+    """The settings a stored variant's meaning depends on: its shop, the quantity field, where
+    barcodes are read on each side, the Kaktus figure. A state kept with others starts afresh."""
+    return {"INSALES_URL": settings.insales_url, "INSALES_WAREHOUSE": settings.quantity_field,
+            "INSALES_BARCODE_FIELD": settings.insales_barcode_field,
+            "KAK2C_BARCODE_FIELD": settings.kaktus_barcode_field,
+            "KAK2C_STOCK_FIELD": settings.stock_setting}
 
 
 # The state's tables as named columns, with the types each column may hold; a track's columns
@@ -2419,8 +2429,13 @@ def load_state(settings: Settings) -> State | None:
                     "one reads %s); starting afresh: no holds this run, a full walk",
                     path, str(version)[:20], STATE_VERSION)
         return None
-    if data.get("shop") != shop_key(settings):
-        log.info("%s is of another shop or quantity field; starting afresh", path)
+    kept, key = data.get("settings"), state_key(settings)
+    if kept != key:
+        kept = kept if isinstance(kept, dict) else {}
+        changed = ", ".join(f"{name} was {outside(kept.get(name), 80)}, now {value}"
+                            for name, value in key.items() if kept.get(name) != value)
+        log.warning("%s was kept with other settings (%s); starting afresh: no holds this run, "
+                    "a full walk", path, changed)
         return None
     try:
         return read_state(data)
@@ -2439,7 +2454,7 @@ def write_state(settings: Settings, tracks: dict, read_at: Mapping,
     """
     rows = tracks.values()
     state = {
-        "version": STATE_VERSION, "shop": shop_key(settings),
+        "version": STATE_VERSION, "settings": state_key(settings),
         # the columns load_state() reads: id, then the first fields of a Track
         "tracks": {"id": list(tracks), **{name: list(map(operator.itemgetter(i), rows))
                                           for i, name in enumerate(list(TRACK_COLUMNS)[1:])}},
@@ -2464,6 +2479,7 @@ def note_written(catalogue: InSalesCatalogue, updates: list, written: Collection
         old = catalogue.variants.get(variant_id)
         if old is not None:
             catalogue.variants[variant_id] = old._replace(quantity=publish[variant_id])
+            catalogue.revision += 1
 
 
 def walks_incrementally(settings: Settings, catalogue: InSalesCatalogue, watching: bool) -> bool:
@@ -2789,11 +2805,12 @@ def fetch_catalogues(job: Job, known: InSalesCatalogue | None, progress: Progres
 
 def keep_state(settings: Settings, memory: Memory, state: State) -> None:
     """Keep the state for the next sync, in memory and in the file; a file that would not
-    change is not written again (a watch's quiet syncs), and a disk that fails now is logged
-    (the next run starts afresh)."""
+    change is not written again (a watch's quiet syncs: the tracks, the announced writes and
+    the catalogue's revision as they were), and a disk that fails now is logged (the next run
+    starts afresh)."""
     catalogue = state.catalogue
     written = (state.tracks, state.read_at, catalogue and (
-        catalogue.cursor, catalogue.full_walk_at, len(catalogue.variants)))
+        catalogue.revision, catalogue.cursor, catalogue.full_walk_at))
     memory.state = state
     if written == memory.written:
         return

@@ -2,6 +2,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 import sandbox
 from conftest import add_pair, kaktus_quantities, shop_quantities, writes
 
@@ -79,8 +81,9 @@ def test_missing_corrupt_old_or_foreign_state_means_a_full_walk(box, run, env):
     path = Path(env["SYNC_STATE_FILE"])
     assert run(SYNC_MODE="incremental").summary["mode"] == "full"
     good = json.loads(path.read_text())
-    foreign = {**good, "shop": "https://other.example#quantity"}
-    old = {"shop": good["shop"], "variants": [[1, 2, "S1", 0, "t"]], "cursor": ["x", 0],
+    foreign = {**good, "settings": {**good["settings"], "INSALES_URL": "https://other.example"}}
+    old = {"shop": "https://other.example#quantity", "variants": [[1, 2, "S1", 0, "t"]],
+           "cursor": ["x", 0],
            "full_walk_at": 0, "walked_at": 0, "products": 1}  # version 1, without a version
     wrong_types = json.loads(json.dumps(good))
     wrong_types["catalogue"]["variants"]["quantity"] = ["seven"]
@@ -158,3 +161,35 @@ def test_a_quiet_shop_costs_one_read_once_its_last_change_is_a_minute_old(box, r
     assert run(SYNC_MODE="incremental").summary["requests"]["insales"] == 2
     box.advance(61)
     assert run(SYNC_MODE="incremental").summary["requests"]["insales"] == 1
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("INSALES_BARCODE_FIELD", "sku"), ("INSALES_WAREHOUSE", "0"),
+    ("KAK2C_BARCODE_FIELD", "barcode"), ("KAK2C_STOCK_FIELD", "stockTotal")])
+def test_a_setting_that_changes_what_the_state_means_starts_it_afresh(box, run, setting, value):
+    """The state is keyed by every setting that changes what a stored variant means: changing
+    one walks the shop whole at once (not SYNC_FULL_EVERY minutes later) and says so."""
+    for n in range(6):  # the barcode field matches one variant, the SKU all six
+        box.insales.add_product(f"P{n}", [{"barcode": "B0" if n == 0 else f"X{n}",
+                                           "sku": f"B{n}", "quantity": 0}])
+        box.kak2c.add_product({"id": n, "barcode": f"B{n}", "stock": [{"stockTotal": 3}]})
+    first = run(SYNC_MODE="incremental")
+    assert (first.summary["mode"], first.summary["matched"]) == ("full", 1)
+    assert run(SYNC_MODE="incremental").summary["mode"] == "incremental"
+    changed = run(SYNC_MODE="incremental", **{setting: value})
+    assert changed.summary["mode"] == "full"
+    assert f"was kept with other settings ({setting}" in changed.err
+    if setting == "INSALES_BARCODE_FIELD":
+        assert (changed.summary["matched"], changed.summary["updated"]) == (6, 5)
+        assert {v["sku"]: v["quantity"] for v in box.insales.all_variants()} == {
+            f"B{n}": 3 for n in range(6)}
+
+
+def test_the_state_file_holds_what_a_queued_write_set(box, run, env):
+    """A write InSales only queued (it answered []): the state file's catalogue holds the
+    quantity written as soon as the run ends, whatever the product's updated_at does."""
+    variant = add_pair(box, "Q1", 0, 5)
+    box.insales.queue_writes = True
+    assert run(SYNC_MODE="incremental").summary["updated"] == 1
+    columns = json.loads(Path(env["SYNC_STATE_FILE"]).read_text())["catalogue"]["variants"]
+    assert columns["quantity"][columns["id"].index(variant)] == 5
