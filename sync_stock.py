@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
-import dataclasses
 import difflib
 import email.utils
 import errno
@@ -104,16 +103,16 @@ class Status(Enum):
 
 @dataclass
 class SyncResult:
-    """What a sync did: its status, the catalogue's counts, the writes, the guard's word."""
+    """What a sync did: its status, its walk, and the figures of its summary as far as it got
+    (the plan's counts, what the writes did, the guard's word, the error; see FIGURES)."""
 
     status: Status = Status.FAILED
     mode: str | None = None
-    counts: dict = field(default_factory=dict)
-    updated: int = 0
-    failed: int = 0
-    skipped_records: int = 0
-    guard: str | None = None
-    error: str | None = None
+    figures: dict = field(default_factory=dict)
+
+    @property
+    def error(self) -> str | None:
+        return self.figures.get("error")
 
 
 class SyncError(Exception):
@@ -901,19 +900,20 @@ class Variant(NamedTuple):
     updated_at: str | None   # the product's, as read: tells a sale from our write not landed
 
 
-def _as(kind: type) -> Callable:
+def tuple_maker(kind: type) -> Callable:
     """Build `kind` tuples from plain ones at C speed (a NamedTuple's own __new__ is Python)."""
     return functools.partial(tuple.__new__, kind)
 
 
-new_variant = _as(Variant)
+new_variant = tuple_maker(Variant)
 
 
-def parse_insales_product(product, fields: tuple, strays: list) -> list | None:
+def parse_insales_product(product, fields: tuple, other_barcodes: list) -> list | None:
     """Return a product's variants as Variant tuples, or None for a malformed product.
 
     `fields` names the quantity field, the barcode field and the other one (barcode or sku);
-    each variant without a barcode but with the other field filled is added to `strays`.
+    each variant without a barcode but with the other field filled is added to
+    `other_barcodes`.
     """
     if not isinstance(product, dict) or type(product.get("id")) is not int:  # noqa: E721
         return None
@@ -931,7 +931,7 @@ def parse_insales_product(product, fields: tuple, strays: list) -> list | None:
         name = variant.get("title")
         barcode = normalize_barcode(variant.get(barcode_field))
         if barcode is None and normalize_barcode(variant.get(other_field)) is not None:
-            strays.append(variant[other_field])
+            other_barcodes.append(variant[other_field])
         result.append(new_variant((
             variant["id"], product["id"], barcode, to_quantity(variant.get(quantity_field)),
             f"{title} / {name}" if isinstance(name, str) and name and name != title else title,
@@ -949,7 +949,7 @@ class InSalesCatalogue:
     skipped: int = 0
     products: int = 0
     # what this walk read of the other barcode field (sku or barcode) where the set one is empty
-    strays: list = field(default_factory=list)
+    other_barcodes: list = field(default_factory=list)
     variant_keys: tuple = ()  # the keys of a variant this walk read: the warehouses it carries
     revision: int = 0         # bumped by every change of its variants (see keep_state)
     by_product: dict = field(default_factory=dict)  # product id -> its variants, while merging
@@ -965,7 +965,7 @@ def merge_insales_page(catalogue: InSalesCatalogue, page: list, fields: tuple) -
             catalogue.by_product.setdefault(variant.product_id, []).append(variant)
     malformed = []
     for product in page:
-        variants = parse_insales_product(product, fields, catalogue.strays)
+        variants = parse_insales_product(product, fields, catalogue.other_barcodes)
         if variants is None:
             malformed.append(outside(product.get("id"), 40) if isinstance(product, dict) else "?")
             continue
@@ -1200,46 +1200,52 @@ def settle_tracks(tracks: dict, refused: Collection[int], confirmed: Collection[
 
 # --- the pure core: one decision per barcode, the plan, the guard -----------------------------
 
-class Rules(NamedTuple):
+class Publishing(NamedTuple):
     """What turns Kaktus' stock into the figure to publish."""
 
     buffer: int = 0          # SYNC_STOCK_BUFFER
     hold_window: float = 0   # SYNC_HOLD_MINUTES, in seconds; 0: no holds
 
 
-PLAIN = Rules()  # Kaktus' figure as it is
+AS_IS = Publishing()  # Kaktus' figure as it is
+
+
+UPDATE, SAME = "update", "same"  # the tallies of the barcodes decided on their figures
 
 
 class Decision(NamedTuple):
     """One barcode's fate: what to do, why, the figure to publish, and what to keep."""
 
-    rule: str                  # the key the counts use
+    tally: str                 # what the summary counts it as
     action: str                # "update", "unchanged" or "skip"
     reason: str                # the report's words
     publish: int | None = None
     track: Track | None = None   # kept for the next run: matched, known stock, readable quantity
     events: tuple = ()
+    matched: bool = True       # unique on both sides (the summary's `matched`)
 
 
-DUPLICATE_IN_INSALES = Decision("duplicate_insales", "skip", "duplicate in InSales")
-DUPLICATE_IN_KAKTUS = Decision("duplicate_kak2c", "skip", "duplicate in Kaktus")
-NOT_IN_KAKTUS = Decision("not_in_kak2c", "skip", "not in Kaktus")
-NOT_IN_INSALES = Decision("not_in_insales", "skip", "not in InSales")
+DUPLICATE_IN_INSALES = Decision("duplicate_insales", "skip", "duplicate in InSales",
+                                matched=False)
+DUPLICATE_IN_KAKTUS = Decision("duplicate_kak2c", "skip", "duplicate in Kaktus", matched=False)
+NOT_IN_KAKTUS = Decision("not_in_kak2c", "skip", "not in Kaktus", matched=False)
+NOT_IN_INSALES = Decision("not_in_insales", "skip", "not in InSales", matched=False)
 UNKNOWN_STOCK = Decision("unknown", "skip", "unknown stock")
 MISSING = object()
 
 
-def hold_text(holds: tuple, rules: Rules) -> str:
+def hold_text(holds: tuple, publishing: Publishing) -> str:
     """'2 until 13:04': the units held and when the last of them expires, local time."""
-    until = datetime.fromtimestamp(max(at for _, at in holds) + rules.hold_window)
+    until = datetime.fromtimestamp(max(at for _, at in holds) + publishing.hold_window)
     return f"{held_units(holds)} until {until:%H:%M}"
 
 
 def decide(quantity: int | None, stock: int | None, track: Track | None, moved: bool,
-           now: float, rules: Rules) -> Decision:
+           now: float, publishing: Publishing) -> Decision:
     """Decide a barcode that one InSales variant and one Kaktus variant hold, from all it
     depends on: the InSales `quantity`, the Kaktus `stock` (None: unknown), the last run's
-    `track`, whether the product `moved` (see has_moved); `now` and `rules` are the run's.
+    `track`, whether the product `moved` (see has_moved); `now` and `publishing` are the
+    run's.
 
     Unknown stock is skipped; otherwise publish max(0, Kaktus stock - held - buffer), an update
     where InSales shows another figure.
@@ -1247,30 +1253,45 @@ def decide(quantity: int | None, stock: int | None, track: Track | None, moved: 
     if stock is None:
         return UNKNOWN_STOCK
     if quantity is None:  # unreadable in InSales: Kaktus' figure, nothing to follow
-        publish = max(0, stock - rules.buffer)
-        return Decision("update", "update", "stock differs", publish)
-    holds, events = follow_holds(track, quantity, stock, moved, now, rules.hold_window)
-    publish = max(0, stock - held_units(holds) - rules.buffer)
-    rule, action = ("same", "unchanged") if publish == quantity else ("update", "update")
+        publish = max(0, stock - publishing.buffer)
+        return Decision(UPDATE, "update", "stock differs", publish)
+    holds, events = follow_holds(track, quantity, stock, moved, now, publishing.hold_window)
+    publish = max(0, stock - held_units(holds) - publishing.buffer)
+    tally, action = (SAME, "unchanged") if publish == quantity else (UPDATE, "update")
     if holds:
-        reason = f"held: sale in flight ({hold_text(holds, rules)})"
+        reason = f"held: sale in flight ({hold_text(holds, publishing)})"
     else:
-        reason = "same stock" if rule == "same" else "stock differs"
-    announced = publish if rule == "update" else quantity
-    return Decision(rule, action, reason, publish, Track(quantity, announced, stock, holds),
+        reason = "same stock" if tally == SAME else "stock differs"
+    announced = publish if tally == UPDATE else quantity
+    return Decision(tally, action, reason, publish, Track(quantity, announced, stock, holds),
                     events)
 
 
-def decide_unique(unique: dict, kaktus: KaktusIndex, previous: Mapping, now: float,
-                  rules: Rules, read_at: Mapping) -> Iterator[tuple]:
-    """Yield (Variant, Decision) for every barcode one InSales variant holds, in the
+class PlanInputs(NamedTuple):
+    """What a plan is made from: both catalogues, what the last run left, the time, and how to
+    publish. plan_updates() and report_rows() take the same, so they cannot disagree."""
+
+    variants: Collection[Variant]   # InSales', as walked (and merged)
+    kaktus: KaktusIndex
+    previous: Mapping = {}          # the last run's Track by variant id
+    now: float = 0.0
+    publishing: Publishing = AS_IS
+    read_at: Mapping = {}           # by variant id, the updated_at its product was read with,
+                                    # where the last run announced a write (see has_moved)
+
+
+def decide_unique(inputs: PlanInputs, unique: dict) -> Iterator[tuple]:
+    """Yield (Variant, Decision) for every barcode one InSales variant holds (`unique`), in the
     catalogue's own order (walking a set of barcodes instead jumps around memory, which at
     100,000 variants costs more than the whole loop).
 
     A barcode Kaktus holds twice or not at all is skipped; the others are decide()d, each
     answer looked up by decide()'s own inputs: a catalogue has few distinct ones.
     """
-    quantities, duplicates, table = kaktus.quantities, kaktus.duplicates, {}
+    quantities, duplicates = inputs.kaktus.quantities, inputs.kaktus.duplicates
+    previous, read_at, now, publishing = (inputs.previous, inputs.read_at, inputs.now,
+                                          inputs.publishing)
+    table: dict = {}
     for variant in unique.values():
         stock = quantities.get(variant.barcode, MISSING)
         if stock is MISSING:
@@ -1280,7 +1301,7 @@ def decide_unique(unique: dict, kaktus: KaktusIndex, previous: Mapping, now: flo
         key = (variant.quantity, stock, track, has_moved(variant, track, read_at))
         decision = table.get(key)
         if decision is None:
-            decision = table[key] = decide(*key, now, rules)
+            decision = table[key] = decide(*key, now, publishing)
         yield variant, decision
 
 
@@ -1315,27 +1336,23 @@ def split_duplicates(variants: Collection[Variant]) -> tuple:
     return unique, shared, len(coded)
 
 
-def plan_updates(variants: Collection[Variant], kaktus: KaktusIndex, previous: dict | None = None,
-                 now: float = 0.0, rules: Rules = PLAIN, read_at: dict | None = None) -> Plan:
-    """Join both sides by barcode, decide every barcode, and plan the writes.
-
-    `previous`: the last run's Track by variant id; `read_at`: by variant id, the updated_at
-    its product was read with, where that run announced a write (see has_moved).
-    """
+def plan_updates(inputs: PlanInputs) -> Plan:
+    """Join both sides by barcode, decide every barcode, and plan the writes."""
+    variants, kaktus = inputs.variants, inputs.kaktus
     unique, shared, coded = split_duplicates(variants)
-    tally = dict.fromkeys(("update", "same", "unknown", "not_in_kak2c", "duplicate_kak2c"), 0)
-    updates, tracks, held, events, stocked, zeroed = [], {}, [], [], 0, 0
-    for variant, decision in decide_unique(unique, kaktus, previous or {}, now, rules,
-                                           read_at or {}):
-        tally[decision.rule] += 1
+    tally: Counter = Counter()
+    updates, tracks, held, events, matched, stocked, zeroed = [], {}, [], [], 0, 0, 0
+    for variant, decision in decide_unique(inputs, unique):
+        tally[decision.tally] += 1
         if decision.track is not None:
             tracks[variant.id] = decision.track
             if decision.track.holds:
                 held.append((variant, decision))
         if decision.events:
             events.extend((variant, event) for event in decision.events)
-        if decision.rule in ("update", "same", "unknown"):
+        if decision.matched:
             has_stock = variant.quantity is not None and variant.quantity > 0
+            matched += 1
             stocked += has_stock
             if decision.action == "update":
                 updates.append((variant, decision))
@@ -1347,11 +1364,11 @@ def plan_updates(variants: Collection[Variant], kaktus: KaktusIndex, previous: d
         "insales_duplicate_barcodes": len(shared),
         "kak2c_variants": kaktus.variants,
         "kak2c_duplicate_barcodes": len(kaktus.duplicates),
-        "matched": tally["update"] + tally["same"] + tally["unknown"],
-        "changed": tally["update"],
-        "unmatched_insales": tally["not_in_kak2c"],
+        "matched": matched,
+        "changed": tally[UPDATE],
+        "unmatched_insales": tally[NOT_IN_KAKTUS.tally],
         "unmatched_kak2c": len(kaktus.quantities.keys() - unique.keys() - shared.keys()),
-        "unknown_stock": tally["unknown"],
+        "unknown_stock": tally[UNKNOWN_STOCK.tally],
         "held_variants": len(held),
         "held_units": sum(held_units(d.track.holds) for _, d in held),
         "expired_units": sum(e.units for _, e in events if e.kind == "expired"),
@@ -1363,19 +1380,16 @@ def plan_updates(variants: Collection[Variant], kaktus: KaktusIndex, previous: d
     return Plan(updates, counts, stocked, zeroed, tracks, held, events, unique, shared, kaktus)
 
 
-def report_rows(variants: Collection[Variant], kaktus: KaktusIndex, previous: dict | None = None,
-                now: float = 0.0, rules: Rules = PLAIN,
-                read_at: dict | None = None) -> Iterator[tuple]:
+def report_rows(inputs: PlanInputs) -> Iterator[tuple]:
     """Yield (barcode, Variant or None, Kaktus stock, Decision) for every barcode seen, from the
     same inputs and by the same decide_unique() as plan_updates(): built only when a report is
     asked."""
-    unique, shared, _ = split_duplicates(variants)
-    quantities, duplicates = kaktus.quantities, kaktus.duplicates
+    unique, shared, _ = split_duplicates(inputs.variants)
+    quantities, duplicates = inputs.kaktus.quantities, inputs.kaktus.duplicates
     for barcode, held in shared.items():
         for variant in held:
             yield barcode, variant, quantities.get(barcode), DUPLICATE_IN_INSALES
-    for variant, decision in decide_unique(unique, kaktus, previous or {}, now, rules,
-                                           read_at or {}):
+    for variant, decision in decide_unique(inputs, unique):
         yield variant.barcode, variant, quantities.get(variant.barcode), decision
     for barcode, quantity in quantities.items():
         if barcode not in unique and barcode not in shared:
@@ -1413,15 +1427,17 @@ def kaktus_barcodes_missing(kaktus: KaktusIndex, settings: Settings, where: str 
             f"{KAKTUS_SHAPES}; or set the one field that holds it")
 
 
-def insales_barcodes_missing(variants: int, strays: list, settings: Settings,
+def insales_barcodes_missing(variants: int, other_barcodes: list, settings: Settings,
                              where: str = "") -> str:
     """No InSales variant (`where`: of the first page) has a barcode in INSALES_BARCODE_FIELD:
-    say so, and suggest the other field when it is filled on most (`strays`: its values)."""
+    say so, and suggest the other field when it is filled on most (`other_barcodes`: its
+    values)."""
     field, other = settings.insales_fields[1:]
     hint = ""
-    if len(strays) * 2 > variants:
-        hint = (f"; {other} is filled on {len(strays)} of them (e.g. {outside(strays[0], 40)!r}): "
-                f"if it holds the barcodes, set INSALES_BARCODE_FIELD={other}")
+    if len(other_barcodes) * 2 > variants:
+        hint = (f"; {other} is filled on {len(other_barcodes)} of them (e.g. "
+                f"{outside(other_barcodes[0], 40)!r}): if it holds the barcodes, set "
+                f"INSALES_BARCODE_FIELD={other}")
     return (f"none of the {variants} InSales variants{where} has a barcode in "
             f"INSALES_BARCODE_FIELD={field}{hint}")
 
@@ -1438,18 +1454,18 @@ def stock_unknown(kaktus: KaktusIndex, settings: Settings, which: str) -> str:
             f"{read} against the keys seen on {where}: {stock_keys}")
 
 
-def data_warnings(plan: Plan, settings: Settings, strays: list) -> dict:
+def data_warnings(plan: Plan, settings: Settings, other_barcodes: list) -> dict:
     """Say what in the data looks unlike a working setup, naming what to look at: {what it is
     about: the warning}.
 
-    `strays`: the other InSales barcode field's values, where the set one was empty.
+    `other_barcodes`: the other InSales barcode field's values, where the set one was empty.
     """
     kaktus, counts, warnings = plan.kaktus, plan.counts, {}
     if kaktus.variants and not kaktus.with_barcode:
         warnings["kaktus barcodes"] = kaktus_barcodes_missing(kaktus, settings)
     if counts["insales_variants"] and not counts["insales_with_barcode"]:
         warnings["insales barcodes"] = insales_barcodes_missing(counts["insales_variants"],
-                                                                strays, settings)
+                                                                other_barcodes, settings)
     if kaktus.unknown * 2 > kaktus.variants:
         warnings["unknown stock"] = stock_unknown(
             kaktus, settings, f"{kaktus.unknown} of {kaktus.variants} Kaktus variants")
@@ -2023,7 +2039,7 @@ def planned_pages(total: int, page_length: int) -> int:
     return -(-total // page_length) if page_length else 1
 
 
-def digest(body: bytes) -> tuple:
+def page_digest(body: bytes) -> tuple:
     """What tells a repeated page: its length and a 64-bit hash of every byte (pages of products
     that begin and end alike must not look the same). Python's own hash of bytes is much
     cheaper than hashlib's, and a repeat only has to be told within a run."""
@@ -2034,7 +2050,8 @@ def ends_fetching(body: bytes, page: int, digests: Collection) -> bool:
     """Whether no page after this one need be fetched: it repeats an earlier one (its digest
     is among `digests`), or it holds no products (only short bodies are parsed for that). It
     is read_kaktus_pages()'s rule told from the bodies alone, for the pages fetched ahead."""
-    return digest(body) in digests or len(body) < 1024 and not parse_kaktus_page(body, page)[0]
+    return page_digest(body) in digests or (
+        len(body) < 1024 and not parse_kaktus_page(body, page)[0])
 
 
 def new_products(products: list, seen: set) -> list:
@@ -2069,7 +2086,7 @@ def read_kaktus_pages(bodies: Iterable[bytes], page0: tuple | None = None) -> It
     bodies = iter(bodies)
     body = next(bodies)
     first, total = page0 or parse_kaktus_page(body, 0)
-    planned, digests, seen = planned_pages(total, len(first)), {digest(body)}, set()
+    planned, digests, seen = planned_pages(total, len(first)), {page_digest(body)}, set()
     yield new_products(first, seen)
     number, last = 0, first
     while number + 1 < planned or (
@@ -2078,11 +2095,11 @@ def read_kaktus_pages(bodies: Iterable[bytes], page0: tuple | None = None) -> It
         number, body = number + 1, next(bodies, None)
         if body is None:  # no more pages to be had
             break
-        body_digest = digest(body)
-        if body_digest in digests:
+        body_print = page_digest(body)
+        if body_print in digests:
             raise UpstreamError(f"Kaktus page {number} is a page already read: the server "
                                 "does not move on with ?page=; nothing written")
-        digests.add(body_digest)
+        digests.add(body_print)
         last, _ = parse_kaktus_page(body, number)
         fresh = new_products(last, seen)
         if not fresh and number < planned and last:
@@ -2128,7 +2145,7 @@ def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress:
     body = fetch_kaktus_page(api, token, 0, size)
     page0 = parse_kaktus_page(body, 0)
     planned = planned_pages(page0[1], len(page0[0]))
-    bodies, digests = [body], {digest(body)}
+    bodies, digests = [body], {page_digest(body)}
     numbers = iter(range(1, planned))
 
     def fetch(page: int) -> bytes:
@@ -2144,7 +2161,7 @@ def fetch_kaktus_pages(api: Api, token: KaktusToken, size: int | None, progress:
                 bodies.append(future.result())
                 if ends_fetching(bodies[-1], number, digests):
                     break
-                digests.add(digest(bodies[-1]))
+                digests.add(page_digest(bodies[-1]))
                 following = next(numbers, None)
                 if following is not None:
                     pending.append((following, pool.submit(fetch, following)))
@@ -2228,7 +2245,7 @@ def fetch_insales_catalogue(api: Api, fields: tuple, known: InSalesCatalogue | N
     else:
         catalogue, start = known, walk_from(known.cursor, now)
         # this walk's, not the last one's too
-        catalogue.skipped, catalogue.strays, catalogue.variant_keys = 0, [], ()
+        catalogue.skipped, catalogue.other_barcodes, catalogue.variant_keys = 0, [], ()
     try:
         for page, cursor in walk_insales(api, *start, progress, stop,
                                          with_deleted=known is not None):
@@ -2395,7 +2412,7 @@ def _tracked(key: str, tracks: dict) -> int:
 def read_state(data: dict) -> State:
     """Build a State from the file's JSON, checking every value it takes; raise BadState."""
     ids, *columns = _read_columns(_get(data, "tracks", dict), TRACK_COLUMNS)
-    tracks = dict(zip(ids, map(_as(Track), zip(*columns, itertools.repeat(())))))
+    tracks = dict(zip(ids, map(tuple_maker(Track), zip(*columns, itertools.repeat(())))))
     for key, value in _get(data, "holds", dict).items():
         variant_id = _tracked(key, tracks)
         tracks[variant_id] = tracks[variant_id]._replace(holds=_read_holds(value))
@@ -2502,13 +2519,13 @@ def _qty(value) -> str:
     return "" if value is None else str(value)
 
 
-def _hold_note(decision: Decision, rules: Rules) -> str:
+def _hold_note(decision: Decision, publishing: Publishing) -> str:
     holds = decision.track.holds if decision.track else ()
-    return f"held {hold_text(holds, rules)}" if holds else ""
+    return f"held {hold_text(holds, publishing)}" if holds else ""
 
 
-def print_plan(plan: Plan, rules: Rules, refusal: Refusal | None, report: Path | None,
-               out) -> None:
+def print_plan(plan: Plan, publishing: Publishing, refusal: Refusal | None,
+               report: Path | None, out) -> None:
     """Print the planned changes, and the variants held, as an aligned table capped on screen."""
     shown = {variant.id: (variant, decision) for variant, decision in plan.updates}
     shown.update((variant.id, (variant, decision)) for variant, decision in plan.held)
@@ -2516,7 +2533,8 @@ def print_plan(plan: Plan, rules: Rules, refusal: Refusal | None, report: Path |
                            key=lambda row: (row[0].title, row[0].barcode))
     lines = [(clean(outside(variant.barcode, 40)), str(variant.id),
               clean(outside(variant.title, 50)),
-              f"{_qty(variant.quantity)} -> {decision.publish}", _hold_note(decision, rules))
+              f"{_qty(variant.quantity)} -> {decision.publish}",
+              _hold_note(decision, publishing))
              for variant, decision in rows]
     header = ("barcode", "variant id", "title", "old -> new", "")
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
@@ -2584,7 +2602,8 @@ class Figure(NamedTuple):
 
 
 # Every figure of the summary, once: make_summary(), summary_line() and format_metrics() are
-# built from here; plan_updates() counts them.
+# built from here, the README's table and --json are checked against it; plan_updates()
+# counts most of them, write_sync() and sync_once() add what the writes did and the error.
 FIGURES = (
     Figure("status", None), Figure("mode", None),
     Figure("insales_variants", kind="insales"),
@@ -2608,24 +2627,27 @@ FIGURES = (
                 "how long Kaktus takes to count an order."),
     Figure("kak2c_barcode_field", None), Figure("kak2c_stock_field", None),
     Figure("guard", None, in_line=False), Figure("error", None, in_line=False),
+    Figure("requests", None), Figure("duration_s", 0.0),
 )
 
 
 def make_summary(result: SyncResult, requests_sent: dict, duration: float) -> dict:
-    summary = {figure.key: figure.default for figure in FIGURES}
-    summary.update(result.counts)
-    summary.update(status=result.status.label, mode=result.mode, updated=result.updated,
-                   failed=result.failed, skipped_records=result.skipped_records,
-                   guard=result.guard, error=result.error, requests=requests_sent,
-                   duration_s=round(duration, 3))
-    return summary
+    """The run summary: every figure of FIGURES, from what the sync found, or its default."""
+    known = {**result.figures, "status": result.status.label, "mode": result.mode,
+             "requests": requests_sent, "duration_s": round(duration, 3)}
+    return {figure.key: known.get(figure.key, figure.default) for figure in FIGURES}
 
 
 def summary_line(summary: dict) -> str:
-    parts = [f"{figure.key}={summary[figure.key]}" for figure in FIGURES
-             if figure.in_line and summary[figure.key] is not None]
-    parts += [f"requests.{k}={v}" for k, v in summary["requests"].items()]
-    return " ".join(parts + [f"duration_s={summary['duration_s']}"])
+    """`status=ok matched=79 ... requests.insales=2 requests.kak2c=2 duration_s=0.4`."""
+    parts = []
+    for figure in FIGURES:
+        value = summary[figure.key]
+        if figure.in_line and isinstance(value, dict):
+            parts += [f"{figure.key}.{key}={item}" for key, item in value.items()]
+        elif figure.in_line and value is not None:
+            parts.append(f"{figure.key}={value}")
+    return " ".join(parts)
 
 
 LAST_SUCCESS = "sync_stock_last_success_timestamp_seconds"
@@ -2765,7 +2787,7 @@ class Memory:
         self.watching = watching
         self.syncs = 0
         self.state: State | None = None   # as last kept; None: read SYNC_STATE_FILE
-        self.written: tuple | None = None  # what the state file holds now, in short
+        self.saved: tuple | None = None    # what the state file holds now, in short
         self.said: dict = {}               # what a log line is about -> when it was said
         self.last_success = last_success   # for the metrics
 
@@ -2809,17 +2831,17 @@ def keep_state(settings: Settings, memory: Memory, state: State) -> None:
     the catalogue's revision as they were), and a disk that fails now is logged (the next run
     starts afresh)."""
     catalogue = state.catalogue
-    written = (state.tracks, state.read_at, catalogue and (
+    saving = (state.tracks, state.read_at, catalogue and (
         catalogue.revision, catalogue.cursor, catalogue.full_walk_at))
     memory.state = state
-    if written == memory.written:
+    if saving == memory.saved:
         return
     try:
         write_state(settings, state.tracks, state.read_at, catalogue)
-        memory.written = written
+        memory.saved = saving
     except OSError as exc:  # checked before the first request: the disk changed since
         log.error("SYNC_STATE_FILE %s: cannot write (%s)", settings.state_file, exc.strerror)
-        memory.written = None
+        memory.saved = None
 
 
 class Planned(NamedTuple):
@@ -2828,7 +2850,7 @@ class Planned(NamedTuple):
     result: SyncResult   # the counts, the guard's word; a dry run's outcome
     plan: Plan
     catalogue: InSalesCatalogue
-    inputs: tuple        # plan_updates()'s, for report_rows()
+    inputs: PlanInputs   # what the plan was made from, for report_rows()
     refusal: Refusal | None
 
 
@@ -2851,10 +2873,10 @@ def plan_sync(job: Job, options: Options, memory: Memory,
         raise
     finally:
         progress.close()
-    rules = Rules(settings.stock_buffer, settings.hold_minutes * 60)
-    inputs = (catalogue.variants.values(), index, state.tracks if state else {}, clock(), rules,
-              state.read_at if state else {})
-    plan = plan_updates(*inputs)
+    inputs = PlanInputs(catalogue.variants.values(), index, state.tracks if state else {},
+                        clock(), Publishing(settings.stock_buffer, settings.hold_minutes * 60),
+                        state.read_at if state else {})
+    plan = plan_updates(inputs)
     for variant, event in plan.events:
         log.debug("hold %s: barcode %s, variant %s (%s): %d units", event.kind, variant.barcode,
                   variant.id, outside(variant.title, 50), event.units)
@@ -2865,16 +2887,15 @@ def plan_sync(job: Job, options: Options, memory: Memory,
     memory.say(logging.DEBUG, "stock field", f"Kaktus variants by the stock figure read "
                f"(KAK2C_STOCK_FIELD={settings.stock_setting}): "
                f"{index.stock_rules_text() or 'none'}", now)
-    warnings = data_warnings(plan, settings, catalogue.strays)
+    warnings = data_warnings(plan, settings, catalogue.other_barcodes)
     zeroing = check_guard(plan, settings.guard_zero_share)
     refusal = refuse_setup(plan, settings, catalogue, warnings) or (
         Refusal(zeroing) if zeroing else None)
     for about, warning in warnings.items():
         memory.say(logging.WARNING, about, warning, now)
-    return Planned(SyncResult(Status.DRY_RUN, mode, plan.counts,
-                              skipped_records=catalogue.skipped + index.skipped,
-                              guard=refusal and refusal.reason),
-                   plan, catalogue, inputs, refusal)
+    figures = {**plan.counts, "skipped_records": catalogue.skipped + index.skipped,
+               "guard": refusal and refusal.reason}
+    return Planned(SyncResult(Status.DRY_RUN, mode, figures), plan, catalogue, inputs, refusal)
 
 
 def write_sync(job: Job, options: Options, memory: Memory, planned: Planned) -> SyncResult:
@@ -2883,12 +2904,12 @@ def write_sync(job: Job, options: Options, memory: Memory, planned: Planned) -> 
     result."""
     settings, (result, plan, catalogue, inputs, refusal) = job.settings, planned
     if options.dry_run:
-        print_plan(plan, inputs[4], refusal, options.report,
+        print_plan(plan, inputs.publishing, refusal, options.report,
                    sys.stderr if options.plan_to_stderr else sys.stdout)
-        write_report_or_log(options.report, report_rows(*inputs), {})
+        write_report_or_log(options.report, report_rows(inputs), {})
         return result
     if refusal and not (options.force and refusal.forceable):
-        write_report_or_log(options.report, report_rows(*inputs),
+        write_report_or_log(options.report, report_rows(inputs),
                             {v.id: ("skip", "guard") for v, _ in plan.updates})
         final = "" if refusal.forceable else " (--force cannot override it: nothing right to write)"
         raise GuardRefused(f"safety guard: {refusal.reason}; nothing written{final}", result)
@@ -2900,13 +2921,13 @@ def write_sync(job: Job, options: Options, memory: Memory, planned: Planned) -> 
     read_at = {variant.id: variant.updated_at for variant, _ in plan.updates}
     keep_state(settings, memory, State(plan.tracks, read_at, kept))
     writes = apply_plan(job.insales, plan.updates, settings.quantity_field)
-    result.updated, result.failed = len(writes.written), len(writes.failed)
+    result.figures.update(updated=len(writes.written), failed=len(writes.failed))
     if plan.updates:
         if kept is not None:
             note_written(kept, plan.updates, writes.written)
         keep_state(settings, memory, State(
             settle_tracks(plan.tracks, writes.refused, writes.confirmed), read_at, kept))
-    write_report_or_log(options.report, report_rows(*inputs),
+    write_report_or_log(options.report, report_rows(inputs),
                         {i: ("update", "write failed") for i in writes.failed})
     if writes.stopped and not writes.written:
         raise UpstreamError(f"{writes.stopped}; no write was confirmed", result)
@@ -2922,8 +2943,8 @@ def sync_once(job: Job, options: Options, memory: Memory,
     try:
         result = write_sync(job, options, memory, plan_sync(job, options, memory, clock))
     except SyncError as exc:
-        result = dataclasses.replace(exc.result or SyncResult(), status=exc.status,
-                                     error=str(exc))
+        known = exc.result or SyncResult()
+        result = SyncResult(exc.status, known.mode, {**known.figures, "error": str(exc)})
     memory.syncs += 1
     return result
 
@@ -2994,7 +3015,7 @@ def next_wait(job: Job, needs: tuple, started: float, delay: float, now: float) 
     return max(0.0, min(wait, started + WATCH_MAX_GAP - now))
 
 
-class Spell:
+class FailureSpell:
     """A watch's failures in a row: said once at ERROR when they begin and once at WARNING when
     they end, pinged /fail once and success at once after; success pings at most a minute."""
 
@@ -3003,7 +3024,8 @@ class Spell:
 
     def follow(self, result: SyncResult, now: float) -> None:
         if result.status.exit_code != EXIT_OK:
-            why = result.error or f"{result.failed} writes failed (status {result.status.label})"
+            why = result.error or (f"{result.figures['failed']} writes failed (status "
+                                   f"{result.status.label})")
             self.failures += 1
             if self.failures == 1:
                 log.error("%s", why)
@@ -3023,7 +3045,7 @@ def watch(args: argparse.Namespace, job: Job, memory: Memory, clock: Callable[[]
           wait: Callable[[float], bool]) -> int:
     """Sync again and again until `wait` says stop: each sync a whole run, paced by
     SYNC_INTERVAL and the budgets, backing off while syncs fail; exit 0."""
-    settings, spell = job.settings, Spell(job.settings)
+    settings, spell = job.settings, FailureSpell(job.settings)
     job.insales.clock = job.kaktus.clock = clock  # the pace reads when requests went
     log.info("watching: a sync every %g s (SYNC_INTERVAL) or as the budgets allow",
              settings.interval)
@@ -3080,16 +3102,16 @@ def check_insales(job: Job, problems: list) -> list:
     page = insales.parse_json(
         insales.request("GET", "/admin/products.json", params={"per_page": 10}),
         "InSales GET /admin/products.json", list)
-    strays: list = []
-    shop_variants = [v for product in page
-                     for v in parse_insales_product(product, settings.insales_fields, strays) or ()]
+    other_barcodes: list = []
+    shop_variants = [v for product in page for v in parse_insales_product(
+        product, settings.insales_fields, other_barcodes) or ()]
     field, other = settings.insales_fields[1:]
     coded = sum(v.barcode is not None for v in shop_variants)
     lines = [f"InSales {settings.insales_url}: {count} products; first page read "
              f"({len(page)} products); writing {settings.quantity_field}",
              f"  barcodes read from {field} (INSALES_BARCODE_FIELD): {coded} of "
-             f"{len(shop_variants)} variants on that page carry one; {len(strays)} without one "
-             f"have {other} filled"]
+             f"{len(shop_variants)} variants on that page carry one; {len(other_barcodes)} "
+             f"without one have {other} filled"]
     houses = [house for house in warehouses if isinstance(house, dict)]
     for house in houses:
         index = house.get("array_index")
@@ -3101,7 +3123,7 @@ def check_insales(job: Job, problems: list) -> list:
                         f"warehouses (array_index {', '.join(map(str, indexes)) or 'none'}): "
                         "set it to one of them, or unset it to write quantity")
     if shop_variants and not coded:
-        problems.append(insales_barcodes_missing(len(shop_variants), strays, settings,
+        problems.append(insales_barcodes_missing(len(shop_variants), other_barcodes, settings,
                                                  " on the first page"))
     return lines
 
@@ -3174,14 +3196,14 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
             started = time.monotonic()
             result = sync_once(job, Options(dry_run=dry_run, progress=options.progress),
                                Memory(), box.clock)  # each step a cron run of its own
-            counts = result.counts
-            caught_up = counts["caught_up_after_s"]
-            print(f"status={result.status.label} matched={counts['matched']} "
-                  f"changed={counts['changed']} updated={result.updated} "
-                  f"held_units={counts['held_units']}"
+            summary = make_summary(result, job.requests_sent(), time.monotonic() - started)
+            caught_up = summary["caught_up_after_s"]
+            print(f"status={summary['status']} matched={summary['matched']} "
+                  f"changed={summary['changed']} updated={summary['updated']} "
+                  f"held_units={summary['held_units']}"
                   + (f" caught_up_after_s={caught_up:g}" if caught_up is not None else "")
-                  + f"; requests: InSales {job.insales.requests}, Kaktus "
-                  f"{job.kaktus.requests}; {time.monotonic() - started:.2f} s\n")
+                  + f"; requests: InSales {summary['requests']['insales']}, Kaktus "
+                  f"{summary['requests']['kak2c']}; {summary['duration_s']:.2f} s\n")
 
         barcode, stock, before = "4600000000994", 5, 3
         variant = box.add_demo_pair(barcode, stock, shown=before)

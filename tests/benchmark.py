@@ -219,18 +219,18 @@ def pipeline_cpu(settings, insales_bodies: list, kak2c_bodies: list) -> float:
     """CPU of parse, index, join, plan and state on bodies already received, in one thread as
     the run does them (cyclic GC paused): what the 2x json.loads target is about, free of the
     HTTP client's and the threads' share, which this machine's load makes vary most."""
-    rules = sync_stock.Rules(settings.stock_buffer, settings.hold_minutes * 60)
-    strays: list = []
+    publishing = sync_stock.Publishing(settings.stock_buffer, settings.hold_minutes * 60)
+    other_barcodes: list = []
     started = time.process_time()
     with sync_stock.paused_gc():
         variants = {variant.id: variant for body in insales_bodies for product in json.loads(body)
                     for variant in sync_stock.parse_insales_product(
-                        product, settings.insales_fields, strays)}
+                        product, settings.insales_fields, other_barcodes)}
         index = sync_stock.index_kaktus((json.loads(body)["products"] for body in kak2c_bodies),
                                        settings.stock_rule, settings.kaktus_barcode_field)
         state = sync_stock.load_state(settings)
-        plan = sync_stock.plan_updates(variants.values(), index, state.tracks, time.time(), rules,
-                                       state.read_at)
+        plan = sync_stock.plan_updates(sync_stock.PlanInputs(
+            variants.values(), index, state.tracks, time.time(), publishing, state.read_at))
         read_at = {variant.id: variant.updated_at for variant, _ in plan.updates}
         sync_stock.write_state(settings, plan.tracks, read_at, None)
     return time.process_time() - started

@@ -10,18 +10,19 @@ from sync_stock import (
     ConfigError,
     InSalesCatalogue,
     KaktusIndex,
-    Rules,
+    PlanInputs,
+    Publishing,
     Track,
     UpstreamError,
     Variant,
     check_guard,
     decide,
-    digest,
     ends_fetching,
     follow_holds,
     index_kaktus,
     merge_insales_page,
     normalize_barcode,
+    page_digest,
     parse_barcodes,
     parse_stock,
     parse_stock_expression,
@@ -177,7 +178,8 @@ def test_kaktus_duplicates_are_dropped_but_a_variants_own_barcodes_are_not():
 
 def test_plan_writes_only_quantities_that_differ():
     """Plans an update where stock differs and leaves equal stock alone."""
-    plan = plan_updates([variant(1, "A", 5), variant(2, "B", 3)], kaktus(kA=5, kB=4))
+    plan = plan_updates(PlanInputs([variant(1, "A", 5), variant(2, "B", 3)],
+                                   kaktus(kA=5, kB=4)))
     assert [(v.id, d.publish) for v, d in plan.updates] == [(2, 4)]
     assert plan.counts["matched"] == 2
     assert plan.counts["changed"] == 1
@@ -188,9 +190,9 @@ def test_plan_skips_duplicates_unknown_stock_and_unmatched():
     index = KaktusIndex({"A": 1, "C": None, "K": 9}, {"D"}, variants=5)
     variants = [variant(1, "A", 0), variant(2, "A", 0), variant(3, "C", 4),
                 variant(4, "D", 2), variant(5, "E", 2), variant(6, None, 2)]
-    plan = plan_updates(variants, index)
+    plan = plan_updates(PlanInputs(variants, index))
     assert plan.updates == []
-    rows = report_rows(variants, index)
+    rows = report_rows(PlanInputs(variants, index))
     reasons = {(barcode, v.id if v else None): d.reason for barcode, v, _, d in rows}
     assert reasons == {
         ("A", 1): "duplicate in InSales", ("A", 2): "duplicate in InSales",
@@ -208,8 +210,8 @@ def test_report_rows_and_plan_come_from_the_same_decision():
     variants = [variant(i, f"B{i}", i % 4) for i in range(40)]
     index = KaktusIndex({f"B{i}": (i * 7) % 5 for i in range(40)}, variants=40)
     previous = {i: Track(i % 4 + 1, i % 4 + 1, (i * 7) % 5, ()) for i in range(0, 40, 3)}
-    plan = plan_updates(variants, index, previous, 1000.0, Rules(hold_window=HOUR))
-    rows = report_rows(variants, index, previous, 1000.0, Rules(hold_window=HOUR))
+    inputs = PlanInputs(variants, index, previous, 1000.0, Publishing(hold_window=HOUR))
+    plan, rows = plan_updates(inputs), report_rows(inputs)
     from_rows = sorted((v.id, d.publish) for _, v, _, d in rows if d.action == "update")
     assert from_rows == [(v.id, d.publish) for v, d in plan.updates]
     assert plan.counts["changed"] == len(from_rows) > 0
@@ -217,8 +219,8 @@ def test_report_rows_and_plan_come_from_the_same_decision():
 
 def test_buffer_keeps_units_back_never_below_zero():
     """SYNC_STOCK_BUFFER publishes max(0, stock - buffer)."""
-    plan = plan_updates([variant(1, "A", 9), variant(2, "B", 9)], kaktus(kA=10, kB=1),
-                        rules=Rules(buffer=2))
+    plan = plan_updates(PlanInputs([variant(1, "A", 9), variant(2, "B", 9)],
+                                   kaktus(kA=10, kB=1), publishing=Publishing(buffer=2)))
     assert [(v.id, d.publish) for v, d in plan.updates] == [(1, 8), (2, 0)]
 
 
@@ -270,14 +272,14 @@ def test_holds_expire_after_the_window():
 def test_a_sale_kaktus_saw_in_the_same_minute_is_neither_held_nor_undone():
     """InSales 10 -> 8 and Kaktus 10 -> 8 in one minute: held first, then released."""
     track = Track(10, 10, 10, ())
-    decision = decide(8, 8, track, False, 1000.0, Rules(hold_window=HOUR))
+    decision = decide(8, 8, track, False, 1000.0, Publishing(hold_window=HOUR))
     assert (decision.action, decision.publish, decision.track.holds) == ("unchanged", 8, ())
 
 
 def test_restock_during_a_hold_publishes_stock_less_the_hold():
     """10 -> 8 sold, Kaktus 10 -> 20 restocked: publish 18."""
     decision = decide(8, 20, Track(10, 10, 10, ()), False, 1000.0,
-                      Rules(hold_window=HOUR))
+                      Publishing(hold_window=HOUR))
     assert (decision.action, decision.publish) == ("update", 18)
     assert decision.reason.startswith("held: sale in flight (2 until ")
     assert decision.track == Track(8, 18, 20, ((2, 1000.0),))
@@ -286,21 +288,21 @@ def test_restock_during_a_hold_publishes_stock_less_the_hold():
 def test_published_stock_is_never_below_zero():
     """Holds larger than the stock publish 0, never a negative figure."""
     decision = decide(0, 1, Track(5, 5, 5, ((4, 900.0),)), False, 1000.0,
-                      Rules(hold_window=HOUR))
+                      Publishing(hold_window=HOUR))
     assert decision.publish == 0
 
 
 def test_holds_off_syncs_plainly_but_keeps_following():
     """SYNC_HOLD_MINUTES=0: Kaktus' figure every run; the track is still kept."""
     decision = decide(8, 10, Track(10, 10, 10, ((1, 1.0),)), False, 1000.0,
-                      Rules(hold_window=0))
+                      Publishing(hold_window=0))
     assert (decision.action, decision.publish) == ("update", 10)
     assert decision.track == Track(8, 10, 10, ())
 
 
 def test_a_first_run_has_no_holds():
     """Without a previous track nothing is a sale."""
-    decision = decide(3, 10, None, False, 1000.0, Rules(hold_window=HOUR))
+    decision = decide(3, 10, None, False, 1000.0, Publishing(hold_window=HOUR))
     assert (decision.publish, decision.track) == (10, Track(3, 10, 10, ()))
 
 
@@ -309,14 +311,15 @@ def test_guard_counts_a_hold_that_zeroes_a_variant():
     variants = [variant(i, f"B{i}", 1) for i in range(12)]
     index = KaktusIndex({f"B{i}": 2 for i in range(12)}, variants=12)
     previous = {i: Track(2, 2, 2, ()) for i in range(12)}  # each sold one: Q=1, held 1 -> 1
-    plan = plan_updates(variants, index, previous, 1000.0, Rules(hold_window=HOUR, buffer=1))
+    plan = plan_updates(PlanInputs(variants, index, previous, 1000.0,
+                                   Publishing(hold_window=HOUR, buffer=1)))
     assert plan.zeroed == 12
     assert "12 of 12" in check_guard(plan, 0.5)
 
 
 def test_guard_refuses_an_empty_kaktus_catalogue():
     """Refuses when Kaktus has no products while InSales has barcodes."""
-    plan = plan_updates([variant(1, "A", 5)], KaktusIndex())
+    plan = plan_updates(PlanInputs([variant(1, "A", 5)], KaktusIndex()))
     assert "no products" in check_guard(plan, 0.5)
 
 
@@ -324,16 +327,16 @@ def test_guard_refuses_mass_zeroing_above_the_share():
     """Refuses zeroing more than the share of stocked variants, from 10 zeroed variants on."""
     variants = [variant(i, f"B{i}", 5) for i in range(20)]
     zero_11 = KaktusIndex({f"B{i}": 0 if i < 11 else 5 for i in range(20)}, variants=20)
-    assert "11 of 20" in check_guard(plan_updates(variants, zero_11), 0.5)
+    assert "11 of 20" in check_guard(plan_updates(PlanInputs(variants, zero_11)), 0.5)
     zero_10 = KaktusIndex({f"B{i}": 0 if i < 10 else 5 for i in range(20)}, variants=20)
-    assert check_guard(plan_updates(variants, zero_10), 0.5) is None
+    assert check_guard(plan_updates(PlanInputs(variants, zero_10)), 0.5) is None
 
 
 def test_guard_lets_a_small_shop_sell_out():
     """Does not refuse when fewer than 10 variants would be zeroed, whatever the share."""
     variants = [variant(i, f"B{i}", 5) for i in range(9)]
     index = KaktusIndex({f"B{i}": 0 for i in range(9)}, variants=9)
-    assert check_guard(plan_updates(variants, index), 0.5) is None
+    assert check_guard(plan_updates(PlanInputs(variants, index)), 0.5) is None
 
 
 def test_token_expiry_prefers_the_jwt_exp_claim():
@@ -393,11 +396,11 @@ def test_plan_counts_expired_units_and_the_catch_up_time():
     variants = [variant(1, "A", 8), variant(2, "B", 5), variant(3, "C", 5)]
     previous = {1: Track(8, 8, 10, ((2, 100.0),)), 2: Track(5, 5, 7, ((2, 3000.0),)),
                 3: Track(5, 5, 9, ((4, 2000.0),))}
-    plan = plan_updates(variants, kaktus(kA=10, kB=5, kC=5), previous, 1000.0 + HOUR,
-                        Rules(hold_window=HOUR), {i: "T0" for i in previous})
+    plan = plan_updates(PlanInputs(variants, kaktus(kA=10, kB=5, kC=5), previous, 1000.0 + HOUR,
+                                   Publishing(hold_window=HOUR), {i: "T0" for i in previous}))
     assert plan.counts["expired_units"] == 2
     assert plan.counts["caught_up_after_s"] == 2600.0
-    quiet = plan_updates(variants, kaktus(kA=8, kB=5, kC=5))
+    quiet = plan_updates(PlanInputs(variants, kaktus(kA=8, kB=5, kC=5)))
     assert (quiet.counts["expired_units"], quiet.counts["caught_up_after_s"]) == (0, None)
 
 
@@ -452,12 +455,12 @@ def test_a_growing_catalogue_is_read_past_records_total_while_pages_come_full():
 
 def test_fetching_ends_at_a_repeated_or_empty_page():
     """ends_fetching tells, without parsing big bodies, the pages after which none is needed."""
-    digests = {digest(page([1, 2], 4))}
+    digests = {page_digest(page([1, 2], 4))}
     assert not ends_fetching(page([3, 4], 4), 1, digests)
     assert ends_fetching(page([1, 2], 4), 1, digests)
     assert ends_fetching(page([], 4), 2, digests)
     assert not ends_fetching(page(range(500), 900), 3, digests)
-    assert digests == {digest(page([1, 2], 4))}  # it only answers
+    assert digests == {page_digest(page([1, 2], 4))}  # it only answers
 
 
 @pytest.mark.parametrize("entries, expected", [

@@ -1,17 +1,36 @@
 """Whole runs through main() against the sandbox over real HTTP: the core sync."""
 import json
 import os
+import re
 import stat
 
 import pytest
 
 import sandbox
-from conftest import add_pair, kaktus_quantities, refusal_of, shop_quantities, writes
+import sync_stock
+from conftest import ROOT, add_pair, kaktus_quantities, refusal_of, shop_quantities, writes
 
-SUMMARY_KEYS = {
-    "status", "insales_variants", "insales_with_barcode", "insales_duplicate_barcodes",
-    "kak2c_variants", "kak2c_duplicate_barcodes", "matched", "changed", "updated", "failed",
-    "unmatched_insales", "unmatched_kak2c", "requests", "duration_s"}
+FIGURE_KEYS = [figure.key for figure in sync_stock.FIGURES]
+
+
+def readme_summary_keys() -> set:
+    """The keys the README's "Run summary" table names, in its first column."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("\n## Run summary\n", 1)[1].split("\n## ", 1)[0]
+    return {key for line in table.splitlines() if line.startswith("| `")
+            for key in re.findall(r"`([a-z0-9_]+)`", line.split("|")[1])}
+
+
+def test_the_summary_keys_are_figures_readme_and_json_alike(box, run):
+    """The README's table names exactly the figures of FIGURES, and every --json summary,
+    whatever the status, carries exactly those keys, in that order."""
+    assert readme_summary_keys() == set(FIGURE_KEYS)
+    add_pair(box, "K1", 0, 3)
+    summaries = [run("--dry-run").summary, run().summary]
+    box.kak2c.inject("page=0", status=400, body={"success": False})
+    summaries.append(run().summary)
+    assert [s["status"] for s in summaries] == ["dry-run", "ok", "failed"]
+    assert all(list(summary) == FIGURE_KEYS for summary in summaries)
 
 
 def test_full_sync_over_several_pages_makes_insales_equal_kaktus(box, run):
@@ -25,7 +44,7 @@ def test_full_sync_over_several_pages_makes_insales_equal_kaktus(box, run):
     assert result.code == 0
     assert shop_quantities(box) == expected
     summary = result.summary
-    assert summary.keys() >= SUMMARY_KEYS
+    assert list(summary) == FIGURE_KEYS
     assert summary["status"] == "ok"
     assert (summary["matched"], summary["changed"], summary["updated"]) == (1200, changed, changed)
     assert summary["requests"] == {"insales": 4 + -(-changed // 100), "kak2c": 1 + 6}
