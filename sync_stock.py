@@ -183,11 +183,13 @@ def stock_rule(text: str) -> StockRule:
     return StockRule(show_stock_expression(terms), terms)
 
 
-# KAK2C_STOCK_FIELD=auto, per variant, the first that every one of its stock entries carries:
-# what Kaktus can sell. It reserves stock for every order it accepts, of every channel it
-# fulfils, and a reserved unit stays in stockTotal until it ships: published, it sells twice.
-AVAILABLE, TOTAL_LESS_RESERVED, TOTAL = map(
-    stock_rule, ("stockAvailable", "stockTotal-stockReserved", "stockTotal"))
+# KAK2C_STOCK_FIELD=auto, per variant, the first of these whose fields every one of its stock
+# entries carries: what Kaktus can sell. It reserves stock for every order it accepts, of every
+# channel it fulfils, and a reserved unit stays in stockTotal until it ships: published, it
+# sells twice.
+AUTO_RULES = tuple(map(stock_rule, ("stockAvailable", "stockTotal-stockReserved", "stockTotal")))
+AVAILABLE, TOTAL_LESS_RESERVED, TOTAL = AUTO_RULES
+AUTO_STOCK_TEXT = "auto reads " + ", else ".join(rule.name for rule in AUTO_RULES)
 
 
 @dataclass(frozen=True)
@@ -398,8 +400,8 @@ SETTINGS = (
             "token_file", read_path),
     Setting("KAK2C_BARCODE_FIELD", "auto", "where a Kaktus variant's barcode is: auto, or a field",
             "kaktus_barcode_field", read_field_name),
-    Setting("KAK2C_STOCK_FIELD", "auto", "what Kaktus can sell (auto), or stock entry fields "
-            "joined by + and -", "stock_rule", read_stock_field),
+    Setting("KAK2C_STOCK_FIELD", "auto", f"what Kaktus can sell ({AUTO_STOCK_TEXT}), or "
+            "stock entry fields joined by + and -", "stock_rule", read_stock_field),
     Setting("KAK2C_PAGE_SIZE", None, "ask Kaktus pages of this many products (size=N)",
             "kaktus_page_size", read_number(low=1, high=10_000)),
     Setting("KAK2C_DOMAIN", None, "the Domain header of accounts with several shops",
@@ -764,16 +766,19 @@ def to_quantity(value) -> int | None:
     return None
 
 
+BARCODE_KEYS = ("barcode", "value", "code")  # where an object in a list of barcodes holds one
+
+
 def read_codes(value) -> Collection[str]:
-    """Read one barcode field: text or a number, or a list of them or of objects with a
-    `barcode`, `value` or `code` key."""
+    """Read one barcode field: text or a number, or a list of them or of objects with one of
+    the BARCODE_KEYS."""
     if not isinstance(value, list):
         code = normalize_barcode(value)
         return (code,) if code else ()
     codes = set()
     for item in value:
         if isinstance(item, dict):
-            item = next((item[k] for k in ("barcode", "value", "code") if item.get(k)), None)
+            item = next((item[k] for k in BARCODE_KEYS if item.get(k)), None)
         code = normalize_barcode(item)
         if code:
             codes.add(code)
@@ -803,8 +808,9 @@ def stock_entries(record: dict) -> list | None:
 
 
 def choose_stock_rule(entries: list | None) -> StockRule:
-    """KAK2C_STOCK_FIELD=auto for one variant: stockAvailable when every entry carries one,
-    else stockTotal-stockReserved when every entry carries both, else stockTotal."""
+    """KAK2C_STOCK_FIELD=auto for one variant: the first of AUTO_RULES whose fields every entry
+    carries (not null). Written out for speed, as it runs for every variant; a test holds it to
+    AUTO_RULES."""
     if not entries:
         return TOTAL
     available = reserved = True  # loops, not all(): this runs for every variant
@@ -1409,9 +1415,8 @@ def check_guard(plan: Plan, share: float) -> str | None:
     return None
 
 
-AUTO_STOCK_TEXT = "auto reads stockAvailable, else stockTotal-stockReserved, else stockTotal"
-KAKTUS_SHAPES = ("barcode (text), barcodes (a list of texts, or of objects with barcode, value "
-                "or code), and the variant id when no variant has either")
+KAKTUS_SHAPES = (f"barcode (text), barcodes (a list of texts, or of objects with "
+                 f"{', '.join(BARCODE_KEYS)}), and the variant id when no variant has either")
 
 
 def variant_keys(variant: Mapping | None) -> str:
@@ -2362,11 +2367,21 @@ def state_key(settings: Settings) -> dict:
             "KAK2C_STOCK_FIELD": settings.stock_setting}
 
 
-# The state's tables as named columns, with the types each column may hold; a track's columns
-# are a Track's first fields.
-TRACK_COLUMNS = {"id": {int}, "seen": {int}, "announced": {int}, "stock": {int}}
-VARIANT_COLUMNS = {"id": {int}, "product_id": {int}, "barcode": {str, type(None)},
-                   "quantity": {int, type(None)}, "title": {str}, "updated_at": {str, type(None)}}
+ANNOTATED = {"int": int, "str": str, "None": type(None)}
+
+
+def columns_of(kind: type, fields: Iterable[str]) -> dict:
+    """The state's columns for these fields of a NamedTuple, in its order, with the types each
+    may hold, read from its annotations (`str | None`)."""
+    texts = {name: getattr(hint, "__forward_arg__", hint)  # NamedTuple wraps them in ForwardRef
+             for name, hint in kind.__annotations__.items()}
+    return {name: {ANNOTATED[part.strip()] for part in texts[name].split("|")} for name in fields}
+
+
+# The state's tables as named columns: a track's are its variant id and its fields but its
+# holds (kept apart, for the few that have some); a variant's are its fields.
+TRACK_COLUMNS = {"id": {int}, **columns_of(Track, (f for f in Track._fields if f != "holds"))}
+VARIANT_COLUMNS = columns_of(Variant, Variant._fields)
 
 
 NUMBER = (int, float)
@@ -2472,9 +2487,8 @@ def write_state(settings: Settings, tracks: dict, read_at: Mapping,
     rows = tracks.values()
     state = {
         "version": STATE_VERSION, "settings": state_key(settings),
-        # the columns load_state() reads: id, then the first fields of a Track
-        "tracks": {"id": list(tracks), **{name: list(map(operator.itemgetter(i), rows))
-                                          for i, name in enumerate(list(TRACK_COLUMNS)[1:])}},
+        "tracks": {"id": list(tracks), **{name: list(map(operator.attrgetter(name), rows))
+                                          for name in list(TRACK_COLUMNS)[1:]}},
         "holds": {str(i): [list(hold) for hold in t.holds] for i, t in tracks.items() if t.holds},
         "read_at": {str(i): at for i, at in read_at.items() if i in tracks},
         "catalogue": None,
@@ -2651,6 +2665,8 @@ def summary_line(summary: dict) -> str:
 
 
 LAST_SUCCESS = "sync_stock_last_success_timestamp_seconds"
+EXIT_CODES = ", ".join(f"{code} {label}" for code, label in reversed(
+    {status.exit_code: status.label for status in reversed(Status)}.items()))
 
 
 def format_metrics(shop: str, summary: dict, exit_code: int, now: float,
@@ -2670,8 +2686,8 @@ def format_metrics(shop: str, summary: dict, exit_code: int, now: float,
     if last_success is not None:
         metric(LAST_SUCCESS, "When the last successful run (exit 0) ended, Unix time.",
                [("", round(last_success, 3))])
-    metric("sync_stock_last_exit_code", "Exit code of the last run (0 ok, 1 partial, 3 upstream "
-           "failure, 4 refused by the safety guard).", [("", exit_code)])
+    metric("sync_stock_last_exit_code", f"Exit code of the last run ({EXIT_CODES}).",
+           [("", exit_code)])
     metric("sync_stock_duration_seconds", "How long the last run took.",
            [("", float(summary["duration_s"]))])
     metric("sync_stock_variants", "Variant counts of the last run, by kind.",

@@ -1,11 +1,13 @@
 """The pure core: barcodes, stock, holds, the decision per barcode, the plan and the guard."""
 import base64
+import itertools
 import json
 from datetime import datetime
 
 import pytest
 
 from sync_stock import (
+    AUTO_RULES,
     KAKTUS_EXTRA_PAGES,
     ConfigError,
     InSalesCatalogue,
@@ -16,6 +18,7 @@ from sync_stock import (
     UpstreamError,
     Variant,
     check_guard,
+    choose_stock_rule,
     decide,
     ends_fetching,
     follow_holds,
@@ -493,3 +496,19 @@ def test_an_insales_page_is_merged_into_the_catalogue():
                               fields) == ["9"]
     assert sorted(catalogue.variants) == [13]
     assert (catalogue.products, catalogue.skipped) == (1, 1)
+
+
+def test_auto_is_the_first_of_auto_rules_every_entry_carries():
+    """choose_stock_rule, written out for speed, reads AUTO_RULES in order: the first whose
+    fields every entry carries, not null; the last when none does, or an entry is no object."""
+    fields = ("stockAvailable", "stockReserved", "stockTotal")
+    shapes = [{name: value for name, value in zip(fields, values) if value != "absent"}
+              for values in itertools.product((None, 1, "absent"), repeat=3)]
+    for entries in [*([shape] for shape in shapes), *itertools.product(shapes, repeat=2),
+                    [], [7], [shapes[0], "x"]]:
+        entries = list(entries)
+        expected = next((rule for rule in AUTO_RULES[:-1] if all(
+            isinstance(entry, dict) and all(entry.get(name) is not None
+                                            for _, name in rule.terms)
+            for entry in entries) and entries), AUTO_RULES[-1])
+        assert choose_stock_rule(entries) is expected, entries
