@@ -74,7 +74,7 @@ RATE_WINDOW = 300           # InSales: 500 requests per 5 minutes
 RATE_LIMIT = 500            # until API-Usage-Limit tells this shop's
 KAKTUS_WINDOW = 60          # KAK2C_MAX_RPM counts the requests of any minute
 WATCH_MAX_GAP = 60.0        # a watch is never slower than the once-a-minute cron run
-WARN_EVERY = 3600           # a watch says each distinct data warning at most this often
+WARN_EVERY = 3600           # a watch says a warning about one thing at most this often
 MAX_COUNT = 1_000_000_000   # a stock figure above this counts nothing on a shelf
 GUARD_MIN_ZEROED = 10       # the zeroing guard only speaks from this many zeroed variants
 AUTO_INCREMENTAL_PRODUCTS = 12_500  # over 50 pages a full walk costs half the budget a minute
@@ -1552,11 +1552,12 @@ def refuse_setup(plan: Plan, settings: Settings, catalogue: InSalesCatalogue,
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how long to retry: the one place that waits, so tests can record it."""
+    """How often and how long to retry a request, and the sleep that waits for it, injected so
+    that tests record the waits (a watch waits between its syncs through its own wait())."""
 
     attempts: int = 5           # per request, for transport errors, 5xx and rate limits
     backoff: float = 0.5        # seconds, doubled per attempt: 0.5, 1, 2, 4
-    max_wait: float = 120.0     # SYNC_MAX_WAIT: longest Retry-After, and all pacing of a run
+    max_wait: float = 120.0     # SYNC_MAX_WAIT: longest Retry-After, and all pacing of a sync
     sleep: Callable[[float], None] = time.sleep
 
     def delay(self, attempt: int) -> float:
@@ -1740,13 +1741,13 @@ def parse_usage(header: str | None) -> tuple | None:
     return (used, limit) if 10 <= limit <= 1_000_000 and used <= limit else None
 
 
-def retry_after(headers: Mapping, default: float) -> float:
-    """Read Retry-After as seconds or an HTTP date; fall back to the backoff."""
+def retry_after(headers: Mapping, default: float, now: float) -> float:
+    """Read Retry-After as seconds or an HTTP date (from `now`); fall back to the backoff."""
     value = headers.get("Retry-After", "").strip()
     if value.isdigit():
         return float(value)
     try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
     except (TypeError, ValueError, IndexError, OverflowError):
         return default
 
@@ -1778,7 +1779,7 @@ class Api:
     """One upstream API: its session, timeout, request count, retry policy and usage pacing."""
 
     def __init__(self, service: Service, base_url: str, timeout: float, policy: RetryPolicy,
-                 auth=None, headers: Mapping | None = None):
+                 clock: Callable[[], float], auth=None, headers: Mapping | None = None):
         self.service = service
         self.name, self.setting = service.name, service.setting  # for the messages
         self.base_url = base_url
@@ -1790,7 +1791,7 @@ class Api:
         self.usage: float | None = None   # the last API-Usage-Limit seen, used/limit
         self.limit: int | None = None     # and its limit
         self.paced = 0.0                  # seconds waited for the usage limit in this sync
-        self.clock: Callable[[], float] = time.monotonic
+        self.clock = clock                # the job's: when requests went, for a watch's pace
         self.sent: deque = deque()        # when the requests of the last RATE_WINDOW were sent
         self._count = threading.Lock()
 
@@ -1878,7 +1879,7 @@ class Api:
         """Say what is wrong with an answer worth retrying, and how long to wait; (None, 0) if
         the answer is final."""
         if answer.status in (429, 503):  # InSales said 503 for its rate limit before 2023
-            wait = retry_after(answer.headers, self.policy.delay(attempt))
+            wait = retry_after(answer.headers, self.policy.delay(attempt), self.clock())
             if wait > self.policy.max_wait:
                 raise UpstreamError(f"{where}: rate limited for {wait:.0f} s, longer than "
                                     f"SYNC_MAX_WAIT={self.policy.max_wait:g}; giving up")
@@ -1905,12 +1906,12 @@ class Api:
         self.policy.sleep(wait)
 
 
-def make_apis(settings: Settings, policy: RetryPolicy) -> tuple:
+def make_apis(settings: Settings, policy: RetryPolicy, clock: Callable[[], float]) -> tuple:
     """The InSales API (Basic auth, never in the URL) and the Kaktus API (bearer, per call)."""
     domain = {"Domain": settings.kaktus_domain} if settings.kaktus_domain else {}
-    return (Api(INSALES, settings.insales_url, settings.timeout, policy,
+    return (Api(INSALES, settings.insales_url, settings.timeout, policy, clock,
                 auth=(settings.insales_key, settings.insales_password)),
-            Api(KAKTUS, settings.kaktus_url, settings.timeout, policy, headers=domain))
+            Api(KAKTUS, settings.kaktus_url, settings.timeout, policy, clock, headers=domain))
 
 
 # --- Kaktus token -----------------------------------------------------------------------------
@@ -2764,12 +2765,12 @@ class Options:
 def paused_gc() -> Iterator[None]:
     """Pause the cyclic collector: the catalogue is hundreds of thousands of small acyclic
     objects, and rescanning them again and again as they pile up is a big run's largest waste.
-    Freeze them on the way out, or the first collection after would scan them all once more."""
+    Nothing is frozen on the way out: by then the run's catalogue is freed, and what is left of
+    it, its cycles, is the next collection's to take (a watch collects and freezes per sync)."""
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
         gc.enable()
 
 
@@ -2781,6 +2782,7 @@ class Job:
     insales: Api
     kaktus: Api
     token: KaktusToken
+    clock: Callable[[], float]  # the one time of the process: holds, pace, durations, metrics
     setup: tuple = ()  # what looks wrong in the operator's setup (setup_warnings), said at start
 
     def requests_sent(self) -> dict:
@@ -2790,10 +2792,11 @@ class Job:
 def make_job(settings: Settings, sleep: Callable[[float], None],
              clock: Callable[[], float] = time.time, setup: tuple = ()) -> Job:
     SECRETS.add(*settings.secrets)
-    insales, kaktus = make_apis(settings, RetryPolicy(max_wait=settings.max_wait, sleep=sleep))
+    insales, kaktus = make_apis(settings, RetryPolicy(max_wait=settings.max_wait, sleep=sleep),
+                                clock)
     return Job(settings, insales, kaktus,
                KaktusToken(kaktus, settings.kaktus_credentials, settings.token_file, clock),
-               setup)
+               clock, setup)
 
 
 class Memory:
@@ -2870,11 +2873,10 @@ class Planned(NamedTuple):
     refusal: Refusal | None
 
 
-def plan_sync(job: Job, options: Options, memory: Memory,
-              clock: Callable[[], float]) -> Planned:
-    """Read both catalogues, decide every barcode, say what looks wrong, ask the guard; `clock`
-    dates the holds. A SyncError it lets out carries a result, for sync_once to summarise."""
-    settings, now = job.settings, clock()
+def plan_sync(job: Job, options: Options, memory: Memory) -> Planned:
+    """Read both catalogues, decide every barcode, say what looks wrong, ask the guard. A
+    SyncError it lets out carries a result, for sync_once to summarise."""
+    settings, now = job.settings, job.clock()
     state = memory.state if memory.state is not None else load_state(settings)
     # a watch walks whole until it keeps a state of its own, then as SYNC_FULL_EVERY says
     full = memory.watching and memory.state is None or needs_full_walk(settings, state, now,
@@ -2890,7 +2892,8 @@ def plan_sync(job: Job, options: Options, memory: Memory,
     finally:
         progress.close()
     inputs = PlanInputs(catalogue.variants.values(), index, state.tracks if state else {},
-                        clock(), Publishing(settings.stock_buffer, settings.hold_minutes * 60),
+                        job.clock(), Publishing(settings.stock_buffer,
+                                                settings.hold_minutes * 60),
                         state.read_at if state else {})
     plan = plan_updates(inputs)
     for variant, event in plan.events:
@@ -2951,13 +2954,12 @@ def write_sync(job: Job, options: Options, memory: Memory, planned: Planned) -> 
     return result
 
 
-def sync_once(job: Job, options: Options, memory: Memory,
-              clock: Callable[[], float]) -> SyncResult:
+def sync_once(job: Job, options: Options, memory: Memory) -> SyncResult:
     """Run one sync with its own request counts; a failure becomes the result it carries."""
     job.insales.start_sync()
     job.kaktus.start_sync()
     try:
-        result = write_sync(job, options, memory, plan_sync(job, options, memory, clock))
+        result = write_sync(job, options, memory, plan_sync(job, options, memory))
     except SyncError as exc:
         known = exc.result or SyncResult()
         result = SyncResult(exc.status, known.mode, {**known.figures, "error": str(exc)})
@@ -2974,23 +2976,22 @@ def report_sync(args: argparse.Namespace, job: Job, memory: Memory, result: Sync
     if args.json:
         print(json_line(summary), flush=True)
     if settings.metrics_file and result.status is not Status.SKIPPED:
-        now = time.time()
+        now = job.clock()
         memory.last_success = now if code == EXIT_OK else memory.last_success
         write_metrics(settings.metrics_file, format_metrics(
             settings.shop, summary, code, now, memory.last_success, job.insales.usage, interval))
 
 
-def run_once(args: argparse.Namespace, job: Job, options: Options, memory: Memory,
-             clock: Callable[[], float]) -> int:
+def run_once(args: argparse.Namespace, job: Job, options: Options, memory: Memory) -> int:
     """One sync, as cron runs it: pings around it, its error logged, its summary; the exit code."""
-    started = time.monotonic()
+    started = job.clock()
     ping_healthcheck(job.settings, "/start")
-    result = sync_once(job, options, memory, clock)
+    result = sync_once(job, options, memory)
     if result.error:
         log.error("%s", result.error)
     code = result.status.exit_code
     ping_healthcheck(job.settings, "" if code == EXIT_OK else "/fail")
-    report_sync(args, job, memory, result, time.monotonic() - started)
+    report_sync(args, job, memory, result, job.clock() - started)
     return code
 
 
@@ -3057,19 +3058,18 @@ class FailureSpell:
         self.failures = 0
 
 
-def watch(args: argparse.Namespace, job: Job, memory: Memory, clock: Callable[[], float],
+def watch(args: argparse.Namespace, job: Job, memory: Memory,
           wait: Callable[[float], bool]) -> int:
     """Sync again and again until `wait` says stop: each sync a whole run, paced by
     SYNC_INTERVAL and the budgets, backing off while syncs fail; exit 0."""
-    settings, spell = job.settings, FailureSpell(job.settings)
-    job.insales.clock = job.kaktus.clock = clock  # the pace reads when requests went
+    settings, spell, clock = job.settings, FailureSpell(job.settings), job.clock
     log.info("watching: a sync every %g s (SYNC_INTERVAL) or as the budgets allow",
              settings.interval)
     ping_healthcheck(settings, "/start")
     needs, delay = (2, 1), settings.interval  # a quiet shop's incremental walk: 2 pages at most
     while True:
         started = clock()
-        result = sync_once(job, Options(), memory, clock)
+        result = sync_once(job, Options(), memory)
         gc.collect()  # this sync's cycles; then what lives on is not scanned again
         gc.freeze()
         spell.follow(result, clock())
@@ -3209,10 +3209,10 @@ def run_demo(options: Options, sleep: Callable[[float], None]) -> None:
 
         def step(title: str, dry_run: bool = False) -> None:
             print(f"== {title}")
-            started = time.monotonic()
+            started = box.clock()
             result = sync_once(job, Options(dry_run=dry_run, progress=options.progress),
-                               Memory(), box.clock)  # each step a cron run of its own
-            summary = make_summary(result, job.requests_sent(), time.monotonic() - started)
+                               Memory())  # each step a cron run of its own
+            summary = make_summary(result, job.requests_sent(), box.clock() - started)
             caught_up = summary["caught_up_after_s"]
             print(f"status={summary['status']} matched={summary['matched']} "
                   f"changed={summary['changed']} updated={summary['updated']} "
@@ -3299,8 +3299,7 @@ def open_job(args: argparse.Namespace, sleep: Callable[[float], None],
     return make_job(settings, sleep, clock, setup)
 
 
-def dispatch(args: argparse.Namespace, job: Job, sleep: Callable[[float], None],
-             clock: Callable[[], float], wait: Callable[[float], bool] | None) -> int:
+def dispatch(args: argparse.Namespace, job: Job, wait: Callable[[float], bool] | None) -> int:
     """Do what the command line asks under the lock: a check, one sync, or a watch; the exit
     code."""
     with hold_lock(job.settings.lock_file) as locked:
@@ -3316,11 +3315,11 @@ def dispatch(args: argparse.Namespace, job: Job, sleep: Callable[[float], None],
             options = Options(report=Path(args.report) if args.report else None,
                               dry_run=args.dry_run, force=args.force, plan_to_stderr=args.json,
                               progress=sys.stderr.isatty() and not args.quiet)
-            return run_once(args, job, options, memory, clock)
+            return run_once(args, job, options, memory)
         if wait is not None:
-            return watch(args, job, memory, clock, wait)
+            return watch(args, job, memory, wait)
         with stop_on_signals() as stop:
-            return watch(args, job, memory, clock, stop.wait)
+            return watch(args, job, memory, stop.wait)
 
 
 def main(argv=None, sleep: Callable[[float], None] = time.sleep,
@@ -3342,7 +3341,7 @@ def main(argv=None, sleep: Callable[[float], None] = time.sleep,
                 run_demo(Options(progress=sys.stderr.isatty() and not args.quiet), sleep)
                 return EXIT_OK
             job = open_job(args, sleep, clock)
-            return dispatch(args, job, sleep, clock, wait)
+            return dispatch(args, job, wait)
     except SyncError as exc:  # no sync began: a configuration error, a failed --check
         log.error("configuration error: %s" if exc.exit_code == EXIT_CONFIG else "%s", exc)
         return exc.exit_code

@@ -303,7 +303,7 @@ def http_client_cpu(env: dict, walk: list, kak2c_pages: int) -> float:
     """CPU seconds of the run's requests alone, through sync_stock's Api as the run sends them
     (the InSales walk in one thread, Kaktus pages a few at a time): bodies received, not parsed."""
     settings = sync_stock.load_settings(env)
-    insales, kak2c = sync_stock.make_apis(settings, sync_stock.RetryPolicy())
+    insales, kak2c = sync_stock.make_apis(settings, sync_stock.RetryPolicy(), time.time)
     token = sync_stock.KaktusToken(kak2c, settings.kaktus_credentials, settings.token_file)
     token.current()  # the cached token of a cron run
     started = time.process_time()

@@ -196,6 +196,18 @@ def test_nothing_piles_up_from_sync_to_sync(box, watch):
     assert frozen[-1] - frozen[3] < 300  # without a collection each failed sync adds ~400
 
 
+def test_runs_in_one_process_freeze_nothing(box, run):
+    """main() called again and again in one process (as the tests and a wrapper do), failing
+    on reset connections: it leaves no object frozen, so the garbage of its runs is
+    collected."""
+    add_pair(box, "F1", 1, 1)
+    before = gc.get_freeze_count()
+    for _ in range(3):
+        box.kak2c.inject("GET /api/lite/products", reset=True, times=5)
+        assert run().code == 3
+    assert gc.get_freeze_count() <= before  # objects frozen earlier may die meanwhile
+
+
 def test_the_state_is_kept_in_memory_and_in_the_file(box, watch, env):
     """A hold outlives its state file being deleted mid-watch, and the file comes back."""
     variant = add_pair(box, "S1", 10, 10)
