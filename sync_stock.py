@@ -1588,7 +1588,9 @@ class _DeadlineReader(io.RawIOBase):
     headers or its body, would otherwise never end."""
 
     def __init__(self, sock):
-        self.sock = sock
+        # The socket's own reader: it keeps the socket open while an answer is read, as
+        # http.client counts on when it closes the connection of a `Connection: close` answer.
+        self.sock, self.reader = sock, sock.makefile("rb", buffering=0)
 
     def readable(self) -> bool:
         return True
@@ -1600,7 +1602,11 @@ class _DeadlineReader(io.RawIOBase):
             if left <= 0:
                 raise socket.timeout("the request's deadline passed")
             self.sock.settimeout(left)
-        return self.sock.recv_into(buffer)
+        return self.reader.readinto(buffer)
+
+    def close(self) -> None:
+        self.reader.close()
+        super().close()
 
 
 class _DeadlineSocket:
@@ -2500,8 +2506,8 @@ def write_state(settings: Settings, tracks: dict, read_at: Mapping,
             "cursor": list(catalogue.cursor), "full_walk_at": catalogue.full_walk_at,
             "products": catalogue.products,
             "variants": {name: list(column) for name, column in zip(VARIANT_COLUMNS, columns)}}
-    write_atomically(settings.state_file,
-                     json.dumps(state, ensure_ascii=False, separators=(",", ":")))
+    text = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
+    write_atomically(settings.state_file, SECRETS.hide(text))  # titles are an API's text
 
 
 def note_written(catalogue: InSalesCatalogue, updates: list, written: Collection[int]) -> None:

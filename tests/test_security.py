@@ -6,11 +6,21 @@ import csv
 import json
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
+import sandbox
 import sync_stock
-from conftest import add_pair, quantity, start_monitor, warnings_of, writes
+from conftest import (
+    add_pair,
+    kaktus_quantities,
+    quantity,
+    shop_quantities,
+    start_monitor,
+    warnings_of,
+    writes,
+)
 
 PRODUCTS = "GET /admin/products.json"
 
@@ -72,6 +82,18 @@ def test_an_echoed_token_is_hidden_whole(box, run, env):
         _, payload, signature = json.load(cached)["access_token"].split(".")
     assert result.code == 3 and "Bearer <hidden>" in result.summary["error"]
     assert payload[:10] not in texts(result) and signature[:10] not in texts(result)
+
+
+def test_a_secret_echoed_in_a_title_reaches_no_file(box, run, env, tmp_path):
+    """A hostile shop that puts the app password in a product title: it is hidden in the state
+    file (which keeps titles in incremental mode), the report and the log file alike."""
+    add_pair(box, "E5", 0, 1)
+    next(iter(box.insales.products.values()))["title"] = f"Shoe {box.insales.password}"
+    report, log_file = tmp_path / "report.csv", tmp_path / "sync.log"
+    result = run("-v", "--report", str(report), SYNC_MODE="incremental", LOG_FILE=log_file)
+    state = Path(env["SYNC_STATE_FILE"])
+    assert result.code == 0 and "Shoe <hidden>" in state.read_text()
+    assert box.insales.password not in texts(result, state, report, log_file)
 
 
 # --- no redirects -----------------------------------------------------------------------------
@@ -286,3 +308,15 @@ def test_an_http_healthcheck_to_a_remote_host_is_warned_of(box, run):
     result = run("--check", HEALTHCHECK_URL="http://hc.example.com/ping/abc")
     assert any("HEALTHCHECK_URL=http://hc.example.com/ping/abc is http://" in line
                for line in warnings_of(result))
+
+
+def test_answers_that_close_the_connection_are_read_whole(box, run):
+    """Both APIs answering every request with Connection: close (as a proxy may), in pages far
+    longer than one read: each answer is read to its end, and the run syncs as usual."""
+    sandbox.fill_sample(box, products=300, sizes=2, quirks=False, differ=0.5)
+    for emulator in (box.insales, box.kak2c):
+        emulator.rewrite = lambda request, status, headers, body: (
+            status, {**headers, "Connection": "close"}, body)
+    result = run()
+    assert (result.code, result.summary["matched"]) == (0, 600), result.err
+    assert shop_quantities(box) == kaktus_quantities(box)
