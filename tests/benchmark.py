@@ -52,6 +52,9 @@ import sandbox  # noqa: E402
 import sync_stock  # noqa: E402
 
 LATENCY = 0.150
+LAST_FIGURES = Path(__file__).with_name("benchmark_last.json")
+COMPARED = {"insales": "InSales req", "kak2c": "Kaktus req", "wall": "wall s", "cpu": "CPU s",
+            "rss": "peak RSS MB"}
 
 
 # The child reports its own peak memory (VmHWM) as it ends: the ru_maxrss that wait4() gives
@@ -169,10 +172,11 @@ def run_naive(box) -> dict:
 @contextlib.contextmanager
 def big_sandbox(products: int, sizes: int, folder: str, name: str):
     """A big, clean sample shop served by a process of its own; yield its settings, with files
-    named after the scenario."""
+    named after the scenario. Its Kaktus stock is stockTotal alone, the layout every round has
+    measured, so that the figures compare (the sandbox's own default has all three figures)."""
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "sandbox.py"), "--products", str(products),
-         "--sizes", str(sizes), "--plain", "--rate-limit", "1000000"],
+         "--sizes", str(sizes), "--plain", "--rate-limit", "1000000", "--kaktus-stock", "total"],
         stdout=subprocess.PIPE, text=True)
     try:
         env = json.loads(server.stdout.readline())
@@ -542,6 +546,29 @@ def print_table(rows: list) -> None:
             print(f"- {r['scenario']}: {r['note']}")
 
 
+def compare_with_last(rows: list, mode: str) -> None:
+    """Print each row's change against the figures the last run in this mode kept beside this
+    file, then keep these: a regression shows the day it lands. Never a test: these machines
+    are noisy, and a row moves by 10% from one run to the next."""
+    try:
+        kept = json.loads(LAST_FIGURES.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    last = kept.setdefault(mode, {})
+    for r in rows:
+        before, changes = last.get(r["scenario"]), []
+        for key, name in COMPARED.items():
+            new, old = r.get(key), (before or {}).get(key)
+            if isinstance(new, (int, float)) and isinstance(old, (int, float)) and new != old:
+                share = f" ({(new - old) / old:+.0%})" if old else ""
+                changes.append(f"{name} {old:g} -> {new:.3g}{share}")
+        said = ", ".join(changes) or "the same" if before else "no earlier figures"
+        print(f"- {r['scenario']}, against the last {mode} run: {said}")
+        last[r["scenario"]] = {key: round(r[key], 3) if isinstance(r[key], float) else r[key]
+                               for key in COMPARED}
+    LAST_FIGURES.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small catalogues (CI smoke run)")
@@ -553,6 +580,7 @@ def main() -> None:
         scale = scenario_scale(*big, folder)  # first, while this process is fresh
         if args.scale_only:
             print_table([scale])
+            compare_with_last([scale], "full")
             return
         mine, naive = scenario_latency(*((300, 2) if args.quick else (2_500, 4)), folder)
         rows = [mine, naive, scale, scenario_budget(*big, folder, runs=5 if args.quick else 30),
@@ -562,6 +590,7 @@ def main() -> None:
                  for products in ((2_500,) if args.quick else (2_500, 25_000))]
         rows.append(scenario_watch_memory(folder, (10, 100) if args.quick else (10, 1000)))
     print_table(rows)
+    compare_with_last(rows, "quick" if args.quick else "full")
     ours, theirs = rows[0], rows[1]
     print(f"- ours / naive: requests {ours['insales'] + ours['kak2c']} / "
           f"{theirs['insales'] + theirs['kak2c']}, variants written {ours['variants']} / "
