@@ -872,14 +872,15 @@ def decode_json(body: bytes, where: str, kind: type, content_type: str | None = 
     try:
         value = json.loads(body)  # bytes: no charset guessing on a big body
     except (ValueError, RecursionError) as exc:
-        nested = " (nested too deep)" if isinstance(exc, RecursionError) else ""
+        deep = isinstance(exc, RecursionError)  # hostile, not the address of something else
+        nested = " (nested too deep)" if deep else ""
         seen = f" ({outside(content_type, 60)})" if content_type else ""
-        raise UpstreamError(f"{where}: the answer is not JSON{nested}{seen}; {ask}"
-                            if ask and not nested else
-                            f"{where}: the answer is not JSON{nested}{seen}") from None
+        hint = f"; {ask}" if ask and not deep else ""
+        raise UpstreamError(f"{where}: the answer is not JSON{nested}{seen}{hint}") from None
     if not isinstance(value, kind):
+        hint = f"; {ask}" if ask else ""
         raise UpstreamError(f"{where}: expected a JSON {_kind_name(kind)}, got "
-                            f"{_kind_name(type(value))}" + (f"; {ask}" if ask else ""))
+                            f"{_kind_name(type(value))}{hint}")
     return value
 
 
@@ -1474,9 +1475,9 @@ def data_warnings(plan: Plan, settings: Settings, other_barcodes: list) -> dict:
     if kaktus.unknown * 2 > kaktus.variants:
         warnings["unknown stock"] = stock_unknown(
             kaktus, settings, f"{kaktus.unknown} of {kaktus.variants} Kaktus variants")
-    held_twice = kaktus.duplicates | plan.shared.keys()
     if counts["matched"] == 0 and plan.unique and kaktus.quantities and not (
-            held_twice & (plan.unique.keys() | kaktus.quantities.keys())):
+            (kaktus.duplicates | plan.shared.keys())  # held twice: a duplicate, not a mismatch
+            & (plan.unique.keys() | kaktus.quantities.keys())):
         hint = ""
         if kaktus.barcode_field == "id" and settings.kaktus_barcode_field == "auto":
             hint = (f"; no Kaktus variant has a barcode field, so their ids were taken as "
@@ -1530,7 +1531,7 @@ def refuse_setup(plan: Plan, settings: Settings, catalogue: InSalesCatalogue,
         return Refusal(f"INSALES_WAREHOUSE={settings.warehouse}: no InSales variant carries "
                        f"{settings.quantity_field}; the variants carry warehouses "
                        f"{warehouses_carried(catalogue.variant_keys)} (--check lists them "
-                       "by title); nothing sent", forceable=False)
+                       "by title)", forceable=False)
     if counts["insales_variants"] and kaktus.variants and not counts["matched"]:
         found = [warnings.pop(topic) for topic in ("insales barcodes", "kaktus barcodes",
                                                    "no match") if topic in warnings]
