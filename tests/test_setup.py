@@ -243,11 +243,14 @@ def test_a_name_that_is_not_resolved_is_said_in_words():
 def test_an_address_that_is_not_the_api_is_asked_about(shop, run, monitor, tmp_path, env,
                                                        fault, words):
     """INSALES_URL answering like some other web site: the line asks whether INSALES_URL is
-    the shop's address."""
+    the shop's address, in a run and in --check (exit 3: the API could not be read)."""
     shop.insales.inject(PRODUCTS, **fault)
     error = assert_not_working(run, monitor, tmp_path, 3)
-    assert f"{words}is INSALES_URL={env['INSALES_URL']} the shop's address " \
-           "(https://myshop.myinsales.ru)?" in error
+    asked = f"is INSALES_URL={env['INSALES_URL']} the shop's address (https://myshop.myinsales.ru)?"
+    assert f"{words}{asked}" in error
+    shop.insales.inject(PRODUCTS, **fault)
+    checked = run("--check")
+    assert checked.code == 3 and asked in checked.err
 
 
 def test_a_kaktus_address_that_is_some_other_site_is_asked_about(shop, run, monitor, tmp_path):
