@@ -2369,7 +2369,7 @@ class BadState(ValueError):
 def state_key(settings: Settings) -> dict:
     """The settings a stored variant's meaning depends on: its shop, the quantity field, where
     barcodes are read on each side, the Kaktus figure. A state kept with others starts afresh."""
-    return {"INSALES_URL": settings.insales_url, "INSALES_WAREHOUSE": settings.quantity_field,
+    return {"INSALES_URL": settings.insales_url, "INSALES_WAREHOUSE": settings.warehouse,
             "INSALES_BARCODE_FIELD": settings.insales_barcode_field,
             "KAK2C_BARCODE_FIELD": settings.kaktus_barcode_field,
             "KAK2C_STOCK_FIELD": settings.stock_setting}
@@ -2472,7 +2472,10 @@ def load_state(settings: Settings) -> State | None:
     kept, key = data.get("settings"), state_key(settings)
     if kept != key:
         kept = kept if isinstance(kept, dict) else {}
-        changed = ", ".join(f"{name} was {outside(kept.get(name), 80)}, now {value}"
+        def shown(value) -> str:
+            return "unset" if value is None else outside(value, 80)
+
+        changed = ", ".join(f"{name} was {shown(kept.get(name))}, now {shown(value)}"
                             for name, value in key.items() if kept.get(name) != value)
         log.warning("%s was kept with other settings (%s); starting afresh: no holds this run, "
                     "a full walk", path, changed)

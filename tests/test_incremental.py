@@ -87,8 +87,9 @@ def test_missing_corrupt_old_or_foreign_state_means_a_full_walk(box, run, env):
            "full_walk_at": 0, "walked_at": 0, "products": 1}  # version 1, without a version
     wrong_types = json.loads(json.dumps(good))
     wrong_types["catalogue"]["variants"]["quantity"] = ["seven"]
+    odd_settings = {**good, "settings": {name: [value] for name, value in good["settings"].items()}}
     for content in ("{broken", "[" * 5000, json.dumps(foreign), json.dumps(old),
-                    json.dumps(wrong_types), ""):
+                    json.dumps(wrong_types), json.dumps(odd_settings), ""):
         path.write_text(content)
         result = run(SYNC_MODE="incremental")
         assert (result.code, result.summary["mode"]) == (0, "full")
@@ -179,6 +180,8 @@ def test_a_setting_that_changes_what_the_state_means_starts_it_afresh(box, run, 
     changed = run(SYNC_MODE="incremental", **{setting: value})
     assert changed.summary["mode"] == "full"
     assert f"was kept with other settings ({setting}" in changed.err
+    if setting == "INSALES_WAREHOUSE":
+        assert "(INSALES_WAREHOUSE was unset, now 0)" in changed.err
     if setting == "INSALES_BARCODE_FIELD":
         assert (changed.summary["matched"], changed.summary["updated"]) == (6, 5)
         assert {v["sku"]: v["quantity"] for v in box.insales.all_variants()} == {
