@@ -3274,11 +3274,14 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true",
                         help="print the run summary as JSON (with --watch: a line per sync)")
     parser.add_argument("--report", metavar="PATH", help="write a CSV row per barcode seen")
-    parser.add_argument("--force", action="store_true", help="write even if the guard refuses")
+    parser.add_argument("--force", action="store_true",
+                        help="write even if the guard finds too many zeroes (never a setup that "
+                             "can sync nothing)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less logging")
     parser.add_argument("--check", action="store_true",
-                        help="log in to both APIs, read one page of each, print what was found")
+                        help="log in to both APIs, read one page of each, print what was "
+                             "found, then `ready` (exit 0) or each problem with its fix (exit 2)")
     parser.add_argument("--demo", action="store_true",
                         help="dry run and real sync against the bundled local sandbox")
     parser.add_argument("--watch", action="store_true",
