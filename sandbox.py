@@ -13,7 +13,9 @@ stock layouts: stockTotal alone, with stockReserved, with stockAvailable too, or
 with stockAvailable on the variant).
 
 Knobs for the tests: `latency`, `inject()` for faults (among them `lose_answer`: a write that
-lands but whose answer never comes back; or `rewrite`, a function over every answer),
+lands but whose answer never comes back; a `body` that is a function of the request, to echo
+what was sent; `drip`, an answer sent a byte at a time; `endless`, one that never ends; or
+`rewrite`, a function over every answer), `start(tls=...)` to serve over TLS,
 attributes such as `rate_limit`, `expired_status`, `inflate_total`, `domain`, `serve_at_most`,
 `timeout_above`, `time_step_ms` or `queue_writes`, and `log`, the list of requests served.
 `InSales.sell()` takes an order as a shop does, `InSales.trash_product()` deletes as a manager
