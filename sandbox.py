@@ -849,6 +849,7 @@ def main(argv=None) -> None:
             lines = "".join(f"{key}={value}\n" for key, value in box.env(folder).items())
             if args.env_file:
                 handle = os.open(args.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(handle, 0o600)  # a file left from an earlier rehearsal too
                 with open(handle, "w") as out:
                     out.write(lines)
             print(json.dumps(box.env(folder)), flush=True)

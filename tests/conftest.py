@@ -173,10 +173,16 @@ def writes(box) -> list:
     return box.insales.calls("PUT", "/admin/products/variants_group_update.json")
 
 
+def said_at_error(result) -> str:
+    """The summary's error, checked to be in an ERROR line of the log (cron mails it even with
+    -q)."""
+    error = result.summary["error"]
+    assert any(" ERROR " in line and error in line for line in result.err.splitlines())
+    return error
+
+
 def refusal_of(result) -> str:
-    """The reason a run was refused for (exit 4, status refused, said at ERROR, so that cron
-    mails it even with -q), which tests check for the setting it names."""
+    """The reason a run was refused for (exit 4, status refused, said at ERROR), which tests
+    check for the setting it names."""
     assert (result.code, result.summary["status"]) == (4, "refused"), result.err
-    reason = result.summary["error"]
-    assert any(" ERROR " in line and reason in line for line in result.err.splitlines())
-    return reason
+    return said_at_error(result)
