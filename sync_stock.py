@@ -271,6 +271,17 @@ def read_required(name: str, raw: str | None) -> str:
     return raw
 
 
+def read_app_credential(name: str, raw: str | None) -> str:
+    """An InSales app's identifier or password: InSales makes them of Latin letters and digits,
+    so anything else (a Cyrillic look-alike, a space) was changed on its way here."""
+    value = read_required(name, raw)
+    if not re.fullmatch(r"[!-~]+", value) or (name == "INSALES_API_KEY" and ":" in value):
+        raise ConfigError(f"{name} has a character no InSales app credential has (only Latin "
+                          "letters, digits and signs); copy it again from the app's page in "
+                          "the InSales back office")
+    return value
+
+
 def read_url(name: str, raw: str | None) -> str | None:
     if raw is None:
         return None
@@ -383,9 +394,9 @@ SETTINGS = (
     Setting("INSALES_URL", None, "shop base URL, e.g. https://myshop.myinsales.ru (required)",
             "insales_url", read_shop_url),
     Setting("INSALES_API_KEY", None, "the app identifier, the Basic auth user (required)",
-            "insales_key", read_required),
+            "insales_key", read_app_credential),
     Setting("INSALES_API_PASSWORD", None, "the app password (required)",
-            "insales_password", read_required),
+            "insales_password", read_app_credential),
     Setting("INSALES_WAREHOUSE", None, "warehouse array_index N: write quantity_at_warehouseN",
             "warehouse", read_number()),
     Setting("INSALES_BARCODE_FIELD", "barcode", "the variant field with the barcode: barcode, sku",
@@ -467,6 +478,9 @@ def load_settings(values: Mapping) -> Settings:
     """Build Settings from a mapping of variables, naming the first one that is missing or wrong."""
     raw = {setting.name: (values.get(setting.name) or "").strip() or setting.default
            for setting in SETTINGS}
+    for name, text in raw.items():  # a byte of another encoding comes as a lone surrogate
+        if text and printable(text) != text:
+            raise ConfigError(f"{name} is not UTF-8 text; write it again in UTF-8")
     fields = {setting.field: setting.read(setting.name, raw[setting.name])
               for setting in SETTINGS if setting.field}
     body, source = read_kaktus_credentials(raw)
@@ -565,7 +579,8 @@ class Secrets:
 def written_forms(secret: str) -> set:
     """The ways an answer may carry a secret: as it is, JSON-escaped (with \\uXXXX or not, with
     \\/ or not), URL- and HTML-encoded."""
-    forms = {secret, html.escape(secret), quote(secret, safe=""), quote_plus(secret)}
+    forms = {secret, html.escape(secret), quote(secret, safe="", errors="surrogatepass"),
+             quote_plus(secret, errors="surrogatepass")}
     for ascii_only in (True, False):
         escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
         forms.update((escaped, escaped.replace("/", "\\/")))
@@ -1938,6 +1953,11 @@ def token_expiry(token: str, expires_in, now: float) -> float:
     return now + TOKEN_TTL
 
 
+def is_bearer_token(value) -> bool:
+    """A token fit for the Authorization header: visible ASCII, of a sane length."""
+    return isinstance(value, str) and re.fullmatch(r"[!-~]{1,8192}", value) is not None
+
+
 def token_forms(token: str) -> tuple:
     """A token and its long parts: an echo cut short by the server still hides its signature."""
     return (token, *(part for part in token.split(".") if len(part) >= 16))
@@ -1991,7 +2011,7 @@ class KaktusToken:
         cached = load_json_file(self.cache)
         if isinstance(cached, dict) and cached.get("account") == self.account:
             token, renew_at = cached.get("access_token"), cached.get("renew_at")
-            if isinstance(token, str) and token and isinstance(renew_at, (int, float)):
+            if is_bearer_token(token) and isinstance(renew_at, (int, float)):
                 self.value, self.renew_at = token, float(renew_at)
                 SECRETS.add(*token_forms(token))
 
@@ -2008,6 +2028,9 @@ class KaktusToken:
                 raise CredentialsRejected(f"Kaktus rejected the credentials"
                                           f"{error_detail(answer.body)}; {KAKTUS_LOGIN_FIX}")
             raise UpstreamError("Kaktus login answer is malformed: no access_token")
+        if not is_bearer_token(token):
+            raise UpstreamError("Kaktus login answer is malformed: its access_token is no "
+                                "bearer token (visible ASCII, at most 8192 characters)")
         if self.value:  # a watch renews it again and again
             SECRETS.discard(*token_forms(self.value))
         SECRETS.add(*token_forms(token))

@@ -54,7 +54,8 @@ def test_expiry_answer_body_under_http_200_is_not_read_as_a_catalogue(box, run):
     assert shop_quantities(box) == expected
 
 
-@pytest.mark.parametrize("tamper", ["expired", "garbage", "truncated", "not a jwt", "empty"])
+@pytest.mark.parametrize("tamper", ["expired", "garbage", "truncated", "not a jwt", "empty",
+                                    "lone surrogate"])
 def test_bad_cached_token_leads_to_a_fresh_login(box, run, env, tamper):
     """An expired, unreadable, truncated or non-JWT cached token is replaced by a new login."""
     add_pair(box, "T1", 0, 1)
@@ -68,6 +69,8 @@ def test_bad_cached_token_leads_to_a_fresh_login(box, run, env, tamper):
         cache["access_token"] = cache["access_token"][:20]
     elif tamper == "not a jwt":
         cache["access_token"] = "hello"
+    elif tamper == "lone surrogate":
+        cache["access_token"] = "\ud800"
     text = {"garbage": "{not json", "empty": ""}.get(tamper, json.dumps(cache))
     with open(path, "w") as out:
         out.write(text)
@@ -93,6 +96,9 @@ def test_short_lived_tokens_are_reused_too(box, run):
     (403, "<html>Forbidden</html>", "rejected the credentials"),
     (200, "<html>maintenance</html>", "not JSON"),
     (200, {"token_type": "bearer", "expires_in": 14400}, "no access_token"),
+    (200, '{"access_token": "\\ud800", "expires_in": 14400}', "no bearer token"),
+    (200, {"access_token": "two words", "expires_in": 14400}, "no bearer token"),
+    (200, {"access_token": "x" * 9000, "expires_in": 14400}, "no bearer token"),
     (200, {"success": False, "errors": [{"code": 400, "message": "blocked"}]}, "blocked"),
 ])
 def test_failed_login_exits_3_with_a_clear_line(box, run, status, body, words):

@@ -213,14 +213,28 @@ def test_missing_setting_is_a_config_error_before_any_request(box, run):
 @pytest.mark.parametrize("name, value", [
     ("INSALES_WAREHOUSE", "main"), ("SYNC_GUARD_ZERO_SHARE", "1.5"), ("SYNC_MODE", "sometimes"),
     ("INSALES_URL", "myshop.ru"), ("INSALES_URL", "https://app:secret@myshop.ru"),
-    ("SYNC_MAX_WAIT", "-1"), ("SYNC_FULL_EVERY", "0"), ("KAK2C_PASSWORD", None)])
+    ("SYNC_MAX_WAIT", "-1"), ("SYNC_FULL_EVERY", "0"), ("KAK2C_PASSWORD", None),
+    ("INSALES_API_PASSWORD", "пароль-приложения"), ("INSALES_API_KEY", "app:name"),
+    ("KAK2C_PASSWORD", "cp1251-\udcef\udcf0"), ("SYNC_MODE", "\udcff")])
 def test_malformed_settings_are_named(box, run, name, value):
-    """Exits 2 with one line naming the malformed setting, before any request."""
+    """Exits 2 with one line naming the malformed setting, before any request; bytes that are
+    not UTF-8 (lone surrogates in the environment) and an app password InSales cannot have
+    are malformed too, and never echoed."""
     result = run(**{name: value})
     assert result.code == 2
-    assert name in result.err
+    assert name in result.err and "пароль" not in result.err and "cp1251" not in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert box.insales.log == [] and box.kak2c.log == []
+
+
+def test_a_credentials_file_with_an_escaped_lone_surrogate_is_sent_as_it_is(box, run, tmp_path):
+    """A password written as a JSON escape no text can hold (\\ud800): the file is sent as it
+    is; Kaktus rejects it, and the run ends in one clear line, the escape hidden."""
+    path = tmp_path / "kak2c_info"
+    path.write_text('{"login": "demo", "password": "secret\\ud800secret"}')
+    result = run(KAK2C_LOGIN=None, KAK2C_PASSWORD=None, KAK2C_CREDENTIALS_FILE=path)
+    assert result.code == 3 and "Traceback" not in result.err
+    assert "Kaktus rejected the credentials" in result.err and "secret" not in result.err
 
 
 @pytest.mark.parametrize("content", [None, "not json", '["login", "password"]'])
