@@ -169,7 +169,7 @@ def test_passing_faults_are_retried(box, run, api, match, fault):
     """5xx with HTML, a connection reset and a read timeout are retried, and the sync finishes."""
     expected = plain_shop(box, products=150)
     getattr(box, api).inject(match, times=2, **fault)
-    result = run(SYNC_TIMEOUT=0.3)  # the one real wait here: a read timeout is a clock
+    result = run(SYNC_TIMEOUT=0.15)  # the one real wait here: a read timeout is a clock
     assert result.code == 0, result.err
     assert shop_quantities(box) == expected
     assert "retrying" in result.err
