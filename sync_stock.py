@@ -282,6 +282,19 @@ def read_app_credential(name: str, raw: str | None) -> str:
     return value
 
 
+def read_header_value(name: str, raw: str | None) -> str | None:
+    """A setting sent as a header's value: visible ASCII (a domain in its xn-- form)."""
+    if raw is None or re.fullmatch(r"[!-~]+", raw):
+        return raw
+    try:
+        domain = raw.encode("idna").decode()
+    except UnicodeError:
+        domain = ""
+    hint = f"; as a domain it is written {domain}" if re.fullmatch(r"[!-~]+", domain) else ""
+    raise ConfigError(f"{name}={raw!r} has characters a header cannot carry (only Latin "
+                      f"letters, digits and signs){hint}")
+
+
 def read_url(name: str, raw: str | None) -> str | None:
     if raw is None:
         return None
@@ -290,6 +303,14 @@ def read_url(name: str, raw: str | None) -> str | None:
         raise ConfigError(f"{name}={raw!r} is not an http(s) URL")
     if "@" in rest.split("/", 1)[0]:
         raise ConfigError(f"{name} must not carry credentials; use the key and password settings")
+    try:  # urllib.parse and urllib3 raise ValueError on a port out of range or not a number
+        parts, _ = urlsplit(raw), urllib3.util.parse_url(raw)
+        valid = parts.port != 0 and re.fullmatch(r"[^\s<>\"{}|\\^`%]+", parts.hostname or "")
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(f"{name}={raw!r} has no valid host and port, as in https://host "
+                          "or https://host:port")
     return raw.rstrip("/")
 
 
@@ -416,7 +437,7 @@ SETTINGS = (
     Setting("KAK2C_PAGE_SIZE", None, "ask Kaktus pages of this many products (size=N)",
             "kaktus_page_size", read_number(low=1, high=10_000)),
     Setting("KAK2C_DOMAIN", None, "the Domain header of accounts with several shops",
-            "kaktus_domain"),
+            "kaktus_domain", read_header_value),
     Setting("SYNC_STOCK_BUFFER", "0", "units kept back from every variant",
             "stock_buffer", read_number(high=MAX_COUNT)),
     Setting("SYNC_HOLD_MINUTES", "60", "how long a sale Kaktus has not seen is held; 0: off",
@@ -461,13 +482,16 @@ def load_environment(env_file: str | None = None) -> Environment:
     environment, which always wins."""
     path = Path(env_file) if env_file else HERE / ".env"
     if env_file and not path.is_file():
-        raise ConfigError(f"--env-file {env_file}: no such file")
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise ConfigError(f"--env-file {env_file}: {what}")
     found: dict = {}
     if path.is_file():
         try:
             found = dotenv_values(path)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; save it in UTF-8") from None
     values = {name: value for name, value in found.items() if value is not None}
     values.update(os.environ)
     return Environment(values, path if path.is_file() else None, tuple(found),
@@ -677,6 +701,8 @@ def add_log_file(path: Path, verbose: bool) -> None:
 def check_writable(setting: str, path: Path) -> None:
     """Fail before the first request when a file the run must write cannot be written."""
     try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder; name a file in it")
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):
             pass
@@ -3330,8 +3356,11 @@ def open_job(args: argparse.Namespace, sleep: Callable[[float], None],
     setup = tuple(setup_warnings(environment, settings, os.environ))
     for warning in setup:
         log.warning("%s", warning)
-    check_writable("KAK2C_TOKEN_FILE", settings.token_file)
-    check_writable("SYNC_STATE_FILE", settings.state_file)
+    for name, path in (("KAK2C_TOKEN_FILE", settings.token_file),
+                       ("SYNC_STATE_FILE", settings.state_file),
+                       ("METRICS_FILE", settings.metrics_file)):
+        if path:
+            check_writable(name, path)
     return make_job(settings, sleep, clock, setup)
 
 

@@ -313,14 +313,32 @@ def test_metrics_file_is_prometheus_text_and_keeps_last_success(box, run, tmp_pa
         "sync_stock_duration_seconds", "sync_stock_held_units", "sync_stock_variants"}
 
 
-def test_an_unwritable_metrics_file_is_logged_and_the_run_keeps_its_outcome(box, run, tmp_path):
-    """A metrics file that cannot be written: an error line, and the sync's own exit code."""
+def test_an_unwritable_metrics_file_is_named_before_any_request(box, run, tmp_path):
+    """A metrics file that cannot be written, seen at the start: exit 2 naming METRICS_FILE,
+    nothing sent (the monitoring asked for cannot be given)."""
     add_pair(box, "M2", 0, 4)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     result = run(METRICS_FILE=blocker / "m.prom")
+    assert result.code == 2 and "METRICS_FILE" in result.err
+    assert box.insales.log == [] and box.kak2c.log == []
+
+
+def test_a_metrics_file_that_fails_mid_run_is_logged_and_the_run_keeps_its_outcome(box, run,
+                                                                                  tmp_path):
+    """A disk that fails after the start (here: a folder appears where the metrics file goes):
+    an error line naming METRICS_FILE, and the sync's own exit code."""
+    add_pair(box, "M2", 0, 4)
+    path = tmp_path / "m.prom"
+
+    def block_the_metrics_file(request, status, headers, body):
+        path.mkdir(exist_ok=True)
+        return status, headers, body
+
+    box.kak2c.rewrite = block_the_metrics_file
+    result = run(METRICS_FILE=path)
     assert (result.code, result.summary["updated"]) == (0, 1)
-    assert "METRICS_FILE" in result.err
+    assert f"METRICS_FILE {path}: cannot write" in result.err
 
 
 def test_no_metrics_for_a_run_that_did_not_get_past_the_lock(box, run, env, tmp_path):

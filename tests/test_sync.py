@@ -214,6 +214,9 @@ def test_missing_setting_is_a_config_error_before_any_request(box, run):
     ("INSALES_WAREHOUSE", "main"), ("SYNC_GUARD_ZERO_SHARE", "1.5"), ("SYNC_MODE", "sometimes"),
     ("INSALES_URL", "myshop.ru"), ("INSALES_URL", "https://app:secret@myshop.ru"),
     ("SYNC_MAX_WAIT", "-1"), ("SYNC_FULL_EVERY", "0"), ("KAK2C_PASSWORD", None),
+    ("INSALES_URL", "https://shop:abc"), ("INSALES_URL", "https://[::1"),
+    ("KAK2C_URL", "https://:99999"), ("KAK2C_URL", "http://127.0.0.1:0"),
+    ("HEALTHCHECK_URL", "https://hc example/ping"), ("KAK2C_DOMAIN", "two\twords"),
     ("INSALES_API_PASSWORD", "пароль-приложения"), ("INSALES_API_KEY", "app:name"),
     ("KAK2C_PASSWORD", "cp1251-\udcef\udcf0"), ("SYNC_MODE", "\udcff")])
 def test_malformed_settings_are_named(box, run, name, value):
@@ -235,6 +238,22 @@ def test_a_credentials_file_with_an_escaped_lone_surrogate_is_sent_as_it_is(box,
     result = run(KAK2C_LOGIN=None, KAK2C_PASSWORD=None, KAK2C_CREDENTIALS_FILE=path)
     assert result.code == 3 and "Traceback" not in result.err
     assert "Kaktus rejected the credentials" in result.err and "secret" not in result.err
+
+
+def test_a_domain_in_cyrillic_is_named_with_its_xn_form(box, run):
+    """KAK2C_DOMAIN goes in a header, which carries ASCII only: the line gives the xn-- form."""
+    result = run(KAK2C_DOMAIN="магазин.рф")
+    assert result.code == 2 and box.kak2c.log == []
+    assert "KAK2C_DOMAIN" in result.err and "written xn--80aairftm.xn--p1ai" in result.err
+
+
+@pytest.mark.parametrize("name", ["KAK2C_TOKEN_FILE", "SYNC_STATE_FILE", "METRICS_FILE"])
+def test_a_folder_where_a_file_is_written_is_named_before_any_request(box, run, tmp_path, name):
+    """A file setting that names a folder: exit 2 naming the setting, nothing sent."""
+    result = run(**{name: tmp_path})
+    assert result.code == 2 and f"{name} {tmp_path}: cannot write there" in result.err
+    assert "it is a folder" in result.err
+    assert box.insales.log == [] and box.kak2c.log == []
 
 
 @pytest.mark.parametrize("content", [None, "not json", '["login", "password"]'])
@@ -263,7 +282,12 @@ def test_env_file_is_read_and_the_environment_wins(box, env, tmp_path, monkeypat
     assert sync_stock.main(["--env-file", str(tmp_path / "shop.env")]) == 0
     assert box.insales.all_variants()[0]["quantity"] == 2
     assert sync_stock.main(["--env-file", str(tmp_path / "nope.env")]) == 2
-    assert "nope.env" in capsys.readouterr().err
+    assert "nope.env: no such file" in capsys.readouterr().err
+    assert sync_stock.main(["--env-file", str(tmp_path)]) == 2
+    assert f"{tmp_path}: a folder, not a file" in capsys.readouterr().err
+    (tmp_path / "cp1251.env").write_bytes("SYNC_MODE=полный\n".encode("cp1251"))
+    assert sync_stock.main(["--env-file", str(tmp_path / "cp1251.env")]) == 2
+    assert "cp1251.env: not UTF-8 text; save it in UTF-8" in capsys.readouterr().err
 
 
 def test_rejected_kaktus_login_exits_3_and_writes_nothing(box, run):
