@@ -271,11 +271,15 @@ def read_required(name: str, raw: str | None) -> str:
     return raw
 
 
+VISIBLE_ASCII = re.compile(r"[!-~]+")  # what a header value or a credential InSales makes holds
+NOT_UTF8 = re.compile("[\ud800-\udfff]")  # a byte of another encoding, as Python decodes it
+
+
 def read_app_credential(name: str, raw: str | None) -> str:
     """An InSales app's identifier or password: InSales makes them of Latin letters and digits,
     so anything else (a Cyrillic look-alike, a space) was changed on its way here."""
     value = read_required(name, raw)
-    if not re.fullmatch(r"[!-~]+", value) or (name == "INSALES_API_KEY" and ":" in value):
+    if not VISIBLE_ASCII.fullmatch(value) or (name == "INSALES_API_KEY" and ":" in value):
         raise ConfigError(f"{name} has a character no InSales app credential has (only Latin "
                           "letters, digits and signs); copy it again from the app's page in "
                           "the InSales back office")
@@ -284,13 +288,13 @@ def read_app_credential(name: str, raw: str | None) -> str:
 
 def read_header_value(name: str, raw: str | None) -> str | None:
     """A setting sent as a header's value: visible ASCII (a domain in its xn-- form)."""
-    if raw is None or re.fullmatch(r"[!-~]+", raw):
+    if raw is None or VISIBLE_ASCII.fullmatch(raw):
         return raw
     try:
         domain = raw.encode("idna").decode()
     except UnicodeError:
         domain = ""
-    hint = f"; as a domain it is written {domain}" if re.fullmatch(r"[!-~]+", domain) else ""
+    hint = f"; as a domain it is written {domain}" if VISIBLE_ASCII.fullmatch(domain) else ""
     raise ConfigError(f"{name}={raw!r} has characters a header cannot carry (only Latin "
                       f"letters, digits and signs){hint}")
 
@@ -502,8 +506,8 @@ def load_settings(values: Mapping) -> Settings:
     """Build Settings from a mapping of variables, naming the first one that is missing or wrong."""
     raw = {setting.name: (values.get(setting.name) or "").strip() or setting.default
            for setting in SETTINGS}
-    for name, text in raw.items():  # a byte of another encoding comes as a lone surrogate
-        if text and printable(text) != text:
+    for name, text in raw.items():
+        if text and NOT_UTF8.search(text):
             raise ConfigError(f"{name} is not UTF-8 text; write it again in UTF-8")
     fields = {setting.field: setting.read(setting.name, raw[setting.name])
               for setting in SETTINGS if setting.field}
@@ -1981,7 +1985,7 @@ def token_expiry(token: str, expires_in, now: float) -> float:
 
 def is_bearer_token(value) -> bool:
     """A token fit for the Authorization header: visible ASCII, of a sane length."""
-    return isinstance(value, str) and re.fullmatch(r"[!-~]{1,8192}", value) is not None
+    return isinstance(value, str) and len(value) <= 8192 and bool(VISIBLE_ASCII.fullmatch(value))
 
 
 def token_forms(token: str) -> tuple:
