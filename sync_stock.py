@@ -1760,9 +1760,10 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
         exc = inner or exc.__cause__ or exc.__context__
 
 
-def transport_problem(exc: BaseException, url: str, seconds: float, took: float) -> str:
-    """Say in words why a request got no answer: refused, not resolved, timed out, a TLS
-    certificate not trusted."""
+def transport_problem(exc: BaseException, url: str, seconds: float, took: float,
+                      limit: str = "SYNC_TIMEOUT") -> str:
+    """Say in words why a request got no answer: refused, not resolved, timed out (`seconds`,
+    as `limit` sets them), a TLS certificate not trusted."""
     where = urlsplit(url)
     host = f"{where.hostname}:{where.port or (443 if where.scheme == 'https' else 80)}"
     chain = list(causes(exc))
@@ -1777,7 +1778,7 @@ def transport_problem(exc: BaseException, url: str, seconds: float, took: float)
         return f"{host} refused the connection"
     if took >= seconds * 0.95 or any(isinstance(e, (socket.timeout, requests.Timeout))
                                      for e in chain):
-        return f"{host} gave no whole answer within {seconds:g} s (SYNC_TIMEOUT)"
+        return f"{host} gave no whole answer within {seconds:g} s ({limit})"
     return f"{host}: {exc.__class__.__name__} (the connection failed)"
 
 
@@ -2796,13 +2797,15 @@ def ping_healthcheck(settings: Settings, suffix: str = "") -> None:
     if not url:
         return
     what = f"healthcheck ping {suffix or 'success'} (HEALTHCHECK_URL)"
+    started = time.monotonic()
     try:
         with make_session(url) as session:
             answer = send(session, "GET", url + suffix, seconds, most=2**16)
     except AnswerTooBig:
         log.warning("%s: the answer runs past 64 KiB", what)
     except requests.RequestException as exc:
-        log.warning("%s failed: %s", what, transport_problem(exc, url, seconds, seconds))
+        log.warning("%s failed: %s", what, transport_problem(
+            exc, url, seconds, time.monotonic() - started, "a ping's limit"))
     else:
         if answer.status >= 300:
             where = answer.headers.get("Location")

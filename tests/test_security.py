@@ -183,9 +183,25 @@ def test_a_dripping_healthcheck_holds_neither_the_run_nor_the_lock(box, run):
     finally:
         monitor.stop()
     assert (first.code, first.summary["status"], second.summary["status"]) == (0, "ok", "ok")
-    assert any("ping /start (HEALTHCHECK_URL) failed" in line and "within 0.15 s" in line
-               for line in warnings_of(first))
+    assert any("ping /start (HEALTHCHECK_URL) failed" in line
+               and "within 0.15 s (a ping's limit)" in line for line in warnings_of(first))
     assert took < 2
+
+
+def test_a_ping_whose_connection_breaks_is_not_called_slow(box, run):
+    """A monitor that resets the connection at once: the warning says the connection failed,
+    not that the answer took too long."""
+    add_pair(box, "H2", 0, 2)
+    monitor = start_monitor()
+    monitor.inject("GET", reset=True, times=100)
+    try:
+        result = run(HEALTHCHECK_URL=monitor.url)
+    finally:
+        monitor.stop()
+    pings = [line for line in warnings_of(result) if "(HEALTHCHECK_URL) failed" in line]
+    assert result.code == 0 and len(pings) == 2
+    assert all("(the connection failed)" in line and "no whole answer" not in line
+               for line in pings)
 
 
 # --- files ------------------------------------------------------------------------------------
